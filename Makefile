@@ -1,0 +1,35 @@
+# Quick start: `make demo` (install + small end-to-end run) and `make test` (install + test suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export MUJOCO_GL ?= egl
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install test test-all lint demo bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+demo: install
+	$(PY) scripts/demo.py
+
+bench: install
+	$(PY) -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
