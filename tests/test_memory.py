@@ -1,0 +1,138 @@
+"""Invariants of every registered memory model: shapes, window vs step, encode + step, gradients."""
+
+import pytest
+import torch
+
+import memory
+from memory import REGISTRY, make_memory
+
+NAMES = sorted(REGISTRY)
+IN, OUT, L = 7, 5, 6
+# small sizes keep the suite fast; "default" uses the paper's model_dimension
+SMALL = {
+    "gru": dict(model_dimension=16, token_dim=24),
+    "transformer": dict(model_dimension=16, token_dim=24, num_heads=2),
+    "s4d": dict(model_dimension=8, token_dim=24),
+    "mlp": dict(model_dimension=24),
+}
+
+
+def build(name: str, size: str, **kwargs) -> memory.MemoryModel:
+    settings = dict(SMALL[name]) if size == "small" else {}
+    settings.update(kwargs)
+    torch.manual_seed(0)
+    return make_memory(name, IN, OUT, context_length=L, **settings).double().eval()
+
+
+def tokens(batch: int = 3, length: int = L) -> torch.Tensor:
+    return torch.randn(batch, length, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def run_steps(model: memory.MemoryModel, x: torch.Tensor, state=None) -> list[torch.Tensor]:
+    state = model.initial_state(x.shape[0], x.device) if state is None else state
+    outs = []
+    for t in range(x.shape[1]):
+        out, state = model.step(x[:, t], state)
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_and_state_batch_first(name):
+    model = build(name, "small")
+    x = tokens(batch=4)
+    assert model(x).shape == (4, OUT)
+    state = model.initial_state(4, "cpu")
+    assert isinstance(state, tuple) and all(s.shape[0] == 4 for s in state)
+    out, state = model.step(x[:, 0], state)
+    assert out.shape == (4, OUT) and all(s.shape[0] == 4 for s in state)
+    assert all(s.shape[0] == 4 for s in model.encode(x))
+
+
+@pytest.mark.parametrize("size", ["small", "default"])
+@pytest.mark.parametrize("name", NAMES)
+def test_window_equals_steps(name, size):
+    """Stepping a window token by token gives forward's summary on every prefix."""
+    model = build(name, size)
+    x = tokens()
+    with torch.no_grad():
+        steps = run_steps(model, x)
+        for t in (0, 2, L - 1):
+            torch.testing.assert_close(steps[t], model(x[:, : t + 1]), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("size", ["small", "default"])
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_then_step_equals_window(name, size):
+    model = build(name, size)
+    x = tokens()
+    with torch.no_grad():
+        for split in (0, 1, L - 1):
+            state = model.encode(x[:, :split])
+            outs = run_steps(model, x[:, split:], state)
+            torch.testing.assert_close(outs[-1], model(x), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_window_equals_steps(name):
+    torch.manual_seed(0)
+    model = make_memory(name, IN, OUT, context_length=L, **SMALL[name]).eval()
+    x = tokens().float()
+    with torch.no_grad():
+        torch.testing.assert_close(run_steps(model, x)[-1], model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name):
+    model = build(name, "small").train()
+    x = tokens()
+    (model(x) ** 2).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_gradient_through_encoded_prefix(name):
+    """Gradients from encode + step match the window's for the last token."""
+    model = build(name, "small")
+    x = tokens()
+    last = x[:, -1].clone().requires_grad_(True)
+    (model(torch.cat([x[:, :-1], last[:, None]], 1)) ** 2).sum().backward()
+    window_grad = last.grad.clone()
+    last.grad = None
+    with torch.no_grad():
+        state = model.encode(x[:, :-1])
+    (model.step(last, state)[0] ** 2).sum().backward()
+    torch.testing.assert_close(last.grad, window_grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_output_activation_gives_negative_values(name):
+    model = build(name, "small", output_activation=False)
+    assert (model(tokens(batch=16)) < 0).any()
+    assert (build(name, "small")(tokens(batch=16)) >= 0).all()
+
+
+def test_gru_hidden_size_other_than_512():
+    model = make_memory("gru", IN, OUT, context_length=L, model_dimension=96)
+    assert model.gru.hidden_size == 96
+    assert model(tokens().float()).shape == (3, OUT)
+    assert model.initial_state(3)[0].shape == (3, 1, 96)
+
+
+def test_mlp_pads_short_windows_with_zeros_and_keeps_last_tokens():
+    model = build("mlp", "small")
+    x = tokens()
+    padded = torch.cat([torch.zeros(3, 2, IN, dtype=x.dtype), x[:, : L - 2]], 1)
+    torch.testing.assert_close(model(x[:, : L - 2]), model(padded))
+    longer = torch.cat([tokens(length=3), x], 1)
+    torch.testing.assert_close(model(longer), model(x))
+
+
+def test_unknown_name_lists_registered_models():
+    with pytest.raises(ValueError, match="registered: " + ", ".join(NAMES)):
+        make_memory("lstm", IN, OUT, context_length=L)
+
+
+def test_paper_defaults():
+    assert make_memory("gru", IN, OUT, context_length=L).gru.hidden_size == 512
