@@ -9,10 +9,12 @@ from __future__ import annotations
 from memory.base import MemoryModel, State, TokenMLP
 from memory.gru import GRUMemory
 from memory.mlp import MLPMemory
+from memory.transformer import TransformerMemory
 
 REGISTRY: dict[str, type[MemoryModel]] = {
     "gru": GRUMemory,
     "mlp": MLPMemory,
+    "transformer": TransformerMemory,
 }
 
 
@@ -55,4 +57,13 @@ def make_memory(
     )
 
 
-__all__ = ["REGISTRY", "GRUMemory", "MLPMemory", "MemoryModel", "State", "TokenMLP", "make_memory"]
+__all__ = [
+    "REGISTRY",
+    "GRUMemory",
+    "MLPMemory",
+    "MemoryModel",
+    "State",
+    "TokenMLP",
+    "TransformerMemory",
+    "make_memory",
+]

@@ -129,6 +129,30 @@ def test_mlp_pads_short_windows_with_zeros_and_keeps_last_tokens():
     torch.testing.assert_close(model(longer), model(x))
 
 
+def test_transformer_mean_pooling_window_equals_steps():
+    model = build("transformer", "small", pooling="mean")
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(run_steps(model, x)[-1], model(x))
+        state = model.encode(x[:, :3])
+        torch.testing.assert_close(run_steps(model, x[:, 3:], state)[-1], model(x))
+
+
+def test_transformer_is_causal():
+    """Changing a later token leaves the summaries of earlier prefixes unchanged."""
+    model = build("transformer", "default", num_layers=2)
+    x = tokens()
+    y = x.clone()
+    y[:, 4:] = torch.randn_like(y[:, 4:])
+    with torch.no_grad():
+        features_x, features_y = model._window(x)[0], model._window(y)[0]  # [B, L, d], one causal pass
+        torch.testing.assert_close(features_x[:, :4], features_y[:, :4])
+        assert not torch.allclose(features_x[:, 4:], features_y[:, 4:])
+        steps_x, steps_y = run_steps(model, x), run_steps(model, y)
+    for t in range(4):
+        torch.testing.assert_close(steps_x[t], steps_y[t])
+
+
 def test_unknown_name_lists_registered_models():
     with pytest.raises(ValueError, match="registered: " + ", ".join(NAMES)):
         make_memory("lstm", IN, OUT, context_length=L)
@@ -136,3 +160,5 @@ def test_unknown_name_lists_registered_models():
 
 def test_paper_defaults():
     assert make_memory("gru", IN, OUT, context_length=L).gru.hidden_size == 512
+    transformer = make_memory("transformer", IN, OUT, context_length=L)
+    assert transformer.model_dimension == 32 and transformer.num_heads == 4 and len(transformer.blocks) == 1
