@@ -9,11 +9,13 @@ from __future__ import annotations
 from memory.base import MemoryModel, State, TokenMLP
 from memory.gru import GRUMemory
 from memory.mlp import MLPMemory
+from memory.s4d import S4DMemory
 from memory.transformer import TransformerMemory
 
 REGISTRY: dict[str, type[MemoryModel]] = {
     "gru": GRUMemory,
     "mlp": MLPMemory,
+    "s4d": S4DMemory,
     "transformer": TransformerMemory,
 }
 

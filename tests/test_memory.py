@@ -153,6 +153,48 @@ def test_transformer_is_causal():
         torch.testing.assert_close(steps_x[t], steps_y[t])
 
 
+def test_s4d_kernel_equals_unrolled_complex_recurrence():
+    """K_l = 2 Re sum_n C_n Bbar_n Abar_n^l, checked against complex arithmetic and the recurrence."""
+    layer = build("s4d", "small").layers[0]
+    with torch.no_grad():
+        layer.log_dt.uniform_(-3, 0)  # larger steps so the kernel decays visibly over the window
+        kernel = layer.kernel(L)  # [L, H]
+        dt = layer.log_dt.exp()[:, None]
+        a = torch.complex(-layer.log_A_real.exp(), layer.A_imag)  # [H, N/2]
+        abar, c = torch.exp(dt * a), torch.view_as_complex(layer.C.contiguous())
+        bbar = (abar - 1) / a
+        for t in range(L):
+            torch.testing.assert_close(kernel[t], 2 * (c * bbar * abar**t).sum(-1).real)
+        # the recurrence driven by an impulse traces the kernel (plus D at l = 0)
+        u = torch.zeros(2, L, layer.D.shape[0], dtype=torch.float64)
+        u[:, 0] = 1.0
+        x_re = x_im = torch.zeros(2, *layer.C.shape[:2], dtype=torch.float64)
+        for t in range(L):
+            y, x_re, x_im = layer.recurrence(u[:, t], x_re, x_im)
+            torch.testing.assert_close(y[0], kernel[t] + (layer.D if t == 0 else 0))
+        # the FFT convolution equals the recurrence on random inputs
+        u = torch.randn(2, L, layer.D.shape[0], dtype=torch.float64)
+        conv = layer.convolve(u)
+        x_re = x_im = torch.zeros(2, *layer.C.shape[:2], dtype=torch.float64)
+        for t in range(L):
+            y, x_re, x_im = layer.recurrence(u[:, t], x_re, x_im)
+            torch.testing.assert_close(y, conv[:, t])
+        torch.testing.assert_close(layer.convolve_last(u), conv[:, -1])
+
+
+def test_s4d_step_mode_uses_current_parameters():
+    """After a parameter change, step mode still equals window mode (no frozen discretisation)."""
+    model = build("s4d", "small", num_layers=2)
+    x = tokens()
+    with torch.no_grad():
+        model.initial_state(3)  # a frozen implementation would cache here
+        for layer in model.layers:
+            layer.log_dt.add_(1.0)
+            layer.log_A_real.add_(0.3)
+            layer.A_imag.mul_(1.5)
+        torch.testing.assert_close(run_steps(model, x)[-1], model(x))
+
+
 def test_unknown_name_lists_registered_models():
     with pytest.raises(ValueError, match="registered: " + ", ".join(NAMES)):
         make_memory("lstm", IN, OUT, context_length=L)
@@ -161,4 +203,8 @@ def test_unknown_name_lists_registered_models():
 def test_paper_defaults():
     assert make_memory("gru", IN, OUT, context_length=L).gru.hidden_size == 512
     transformer = make_memory("transformer", IN, OUT, context_length=L)
+    s4d = make_memory("s4d", IN, OUT, context_length=L)
+    assert s4d.layers[0].C.shape == (512, 16, 2) and len(s4d.layers) == 1
+    assert torch.allclose(s4d.layers[0].log_A_real.exp(), torch.tensor(0.5))
+    assert make_memory("mlp", IN, OUT, context_length=L).body[0].net[0].in_features == L * IN
     assert transformer.model_dimension == 32 and transformer.num_heads == 4 and len(transformer.blocks) == 1
