@@ -3,6 +3,7 @@
 Needs numpy and dm_control only (no torch). See docs/CONTRACTS.md for the API.
 """
 
+from envs.batched import BatchedEvalEnv, episode_seed
 from envs.dmc import flat_obs, make_env, make_task
 from envs.physics import make_physics, scale_dynamics
 from envs.pomdp import (
@@ -19,6 +20,8 @@ from envs.rewards import FEATURES, relabel, rewards_from_features, state_feature
 from envs.specs import DOMAINS, STANDARD_TASKS, DomainInfo
 
 __all__ = [
+    "BatchedEvalEnv",
+    "episode_seed",
     "DOMAINS",
     "FEATURES",
     "OCCLUDED_INDICES",
