@@ -75,7 +75,9 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """Returns a copy with every tensor moved to ``device`` (non-blocking)."""
         moved = {
-            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=True))
+            f.name: (
+                None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=True)
+            )
             for f in fields(self)
         }
         return Batch(**moved)

@@ -1,0 +1,173 @@
+"""Reformat a folder of raw ExORL episode files into one ``dataset.npz`` with relabelled rewards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.exorl import (
+    DATASET_FILE,
+    DatasetError,
+    list_episode_files,
+    parse_episode_name,
+    read_episode,
+    read_manifest,
+    reward_key,
+    write_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+COLLECTION_FILE = "collection.json"
+
+
+def _domain_info(domain: str):
+    from envs import DOMAINS
+
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    return DOMAINS[domain]
+
+
+def _up_to_date(out: Path, names: list[str], domain: str, multiplier: float) -> bool:
+    if not out.is_file():
+        return False
+    try:
+        manifest = read_manifest(out)
+    except DatasetError as e:
+        logger.warning("existing %s is unusable (%s); rebuilding it", out, e)
+        return False
+    return (
+        manifest.get("episode_files") == names
+        and manifest.get("domain") == domain
+        and manifest.get("multiplier") == multiplier
+    )
+
+
+def _load_episodes(
+    files: list[Path], dims: tuple[int, int, int], length: int, workers: int
+) -> dict[str, np.ndarray]:
+    """Preallocate [E, T+1, .] arrays and fill them episode by episode (threads: zlib releases the GIL)."""
+    rows = length + 1
+    arrays = {
+        "observation": np.empty((len(files), rows, dims[0]), np.float32),
+        "action": np.empty((len(files), rows, dims[1]), np.float32),
+        "physics": np.empty((len(files), rows, dims[2]), np.float64),
+    }
+
+    def fill(i: int) -> None:
+        episode = read_episode(files[i], dims)
+        if len(episode["observation"]) != rows:
+            raise DatasetError(
+                f"{files[i]}: {len(episode['observation']) - 1} transitions, but the first episode has "
+                f"{length}; every episode of a dataset must have the same length"
+            )
+        for key, array in arrays.items():
+            array[i] = episode[key]
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in tqdm(pool.map(fill, range(len(files))), total=len(files), desc="read episodes", unit="ep"):
+            pass
+    return arrays
+
+
+def reformat(
+    folder: str | os.PathLike,
+    domain: str,
+    algo: str,
+    *,
+    multiplier: float = 1.0,
+    episodes: int | None = None,
+    source: dict | None = None,
+    workers: int | None = None,
+    delete_raw: bool = False,
+) -> Path:
+    """Pack the raw episode files of ``folder`` into ``folder/dataset.npz`` and relabel every eval task.
+
+    Episodes are taken in numeric index order; ``episodes`` keeps the first N. Nothing happens when
+    ``dataset.npz`` already holds exactly these episodes (idempotent). Peak memory is the packed
+    arrays plus one episode per worker; the file is written atomically.
+
+    Args:
+        folder: the ``buffer`` folder with ``<prefix>_<index>_<length>.npz`` files.
+        domain: walker, cheetah or quadruped (shapes are checked against it).
+        algo: exploration algorithm name, recorded in the manifest.
+        multiplier: mass/damping multiplier the data was collected at (relabelling uses it).
+        episodes: keep the first N episodes; None keeps all.
+        source: provenance for the manifest (e.g. the download URL); ``collection.json`` in the
+            folder, written by local collection, is added to it.
+        workers: processes for relabelling and threads for reading; default all cores.
+        delete_raw: delete every raw episode file of the folder after a successful write.
+
+    Returns:
+        Path of ``dataset.npz``.
+
+    Raises:
+        DatasetError: no episode files, or a file that is corrupt, of the wrong shape or length.
+    """
+    from envs import relabel
+
+    folder, info = Path(folder), _domain_info(domain)
+    workers = workers or os.cpu_count() or 1
+    all_files = list_episode_files(folder)
+    files = all_files[:episodes] if episodes else all_files
+    out = folder / DATASET_FILE
+    if not files:
+        raise DatasetError(f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat")
+    names = [f.name for f in files]
+    if _up_to_date(out, names, domain, float(multiplier)):
+        logger.info("%s is up to date (%d episodes); nothing to do", out, len(files))
+    else:
+        start = time.perf_counter()
+        length = len(read_episode(files[0])["observation"]) - 1
+        arrays = _load_episodes(files, (info.obs_dim, info.action_dim, info.physics_dim), length, workers)
+        read_s = time.perf_counter() - start
+        physics = arrays["physics"].reshape(-1, info.physics_dim)
+        rewards = relabel(domain, physics, tasks=info.tasks, multiplier=float(multiplier), workers=workers)
+        for task in info.tasks:
+            arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
+        relabel_s = time.perf_counter() - start - read_s
+        manifest = {
+            "domain": domain,
+            "algo": algo,
+            "multiplier": float(multiplier),
+            "episodes": len(files),
+            "episode_length": length,
+            "tasks": list(info.tasks),
+            "episode_files": names,
+            "episode_indices": [parse_episode_name(f)[0] for f in files],
+            "settings": {"episodes_requested": episodes, "raw_episodes_available": len(all_files)},
+            "source": _source(folder, source),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_dataset(out, arrays, manifest)
+        total = time.perf_counter() - start
+        logger.info(
+            "wrote %s: %d episodes x %d steps in %.1f s (read %.1f s, relabel %.1f s, %.0f transitions/s)",
+            out, len(files), length, total, read_s, relabel_s, len(files) * length / total,
+        )  # fmt: skip
+    if delete_raw:
+        for f in all_files:
+            f.unlink()
+        logger.info("deleted %d raw episode files from %s", len(all_files), folder)
+    return out
+
+
+def _source(folder: Path, source: dict | None) -> dict:
+    merged = {"kind": "raw-folder", "raw_folder": str(folder)}
+    merged.update(source or {})
+    collection = folder / COLLECTION_FILE
+    if collection.is_file():
+        merged["collection"] = json.loads(collection.read_text())
+        merged.setdefault("kind", "collected")
+        if merged["kind"] == "raw-folder":
+            merged["kind"] = "collected"
+    return merged
