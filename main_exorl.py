@@ -1,0 +1,400 @@
+"""Train and evaluate behaviour foundation models with memory (FB-M, HILP-M) on ExORL data.
+
+    python main_exorl.py ALGORITHM DOMAIN DATASET [flags] [key=value ...] [-m]
+    python main_exorl.py fb_m walker_flickering rnd --memory_type=gru --eval_task stand run walk flip
+    python main_exorl.py fb_m walker_flickering rnd experiment=smoke -m seed=0,1 memory=gru,transformer
+
+The paper-style flags (DESIGN.md section 1) are translated into hydra overrides of the config
+groups in ``configs/`` (agent, memory, env, train, logger, experiment); any hydra override and
+``-m`` (multirun; ``hydra/launcher=joblib`` runs jobs in parallel, ``hydra/launcher=submitit_slurm``
+on a cluster) may follow. Every job's config is composed and checked before the first one starts:
+bad input exits with code 2 and one line naming the problem and the accepted values.
+
+This is the only module (with exorl_reformatter.py) that imports hydra; ``training/`` receives
+plain dataclasses (``training.config.RunConfig``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("main_exorl")
+
+# flag -> (hydra key, kind). kind: value, list, bool, group.
+FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
+    "memory_type": ("memory", "group"),
+    "history_length": ("memory.history_length", "value"),
+    "backward_history_length": ("memory.backward_history_length", "value"),
+    "model_dimension": ("memory.model_dimension", "value"),
+    "recurrent_F": ("agent.recurrent_F", "bool"),
+    "recurrent_B": ("agent.recurrent_B", "bool"),
+    "eval_tasks": ("env.eval_tasks", "list"),
+    "flickering_prob": ("env.flickering_prob", "value"),
+    "noise_std": ("env.noise_std", "value"),
+    "missing_sensor_prob": ("env.missing_sensor_prob", "value"),
+    "train_multipliers": ("env.train_multipliers", "list"),
+    "eval_multipliers": ("env.eval_multipliers", "list"),
+    "episodes": ("env.episodes", "value"),
+    "data_dir": ("env.data_dir", "value"),
+    "learning_steps": ("train.learning_steps", "value"),
+    "batch_size": ("train.batch_size", "value"),
+    "eval_frequency": ("train.eval_frequency", "value"),
+    "eval_rollouts": ("train.eval_rollouts", "value"),
+    "z_inference_steps": ("train.z_inference_steps", "value"),
+    "rollout_memory": ("train.rollout_memory", "value"),
+    "seed": ("seed", "value"),
+    "device": ("device", "value"),
+    "run_dir": ("run_dir", "value"),
+    "wandb": ("logger", "wandb_group"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The paper-style command line (DESIGN.md section 1); defaults live in configs/."""
+    p = argparse.ArgumentParser(
+        prog="main_exorl.py",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr=3e-4 experiment=smoke -m seed=0,1,2.",
+    )
+    p.add_argument("algorithm", help="fb_m, hilp_m, fb or hilp (memory-free)")
+    p.add_argument(
+        "domain",
+        help="walker, cheetah, quadruped, optionally _flickering/_noise/_sensors/_occluded or _dynamics_X/_rewards_X",
+    )
+    p.add_argument("dataset", help="ExORL exploration algorithm of the dataset (rnd, random, proto, ...)")
+    p.add_argument("--memory_type", help="gru (default), transformer, s4d, mlp (frame stacking)")
+    p.add_argument("--history_length", type=int, help="L_F, context of F and pi (default 32)")
+    p.add_argument("--backward_history_length", type=int, help="L_B, context of B (default 8)")
+    p.add_argument(
+        "--model_dimension", type=int, help="memory model width (default 512 gru, 32 transformer/s4d)"
+    )
+    p.add_argument(
+        "--recurrent_F", action=argparse.BooleanOptionalAction, default=None, help="memory in F and pi"
+    )
+    p.add_argument("--recurrent_B", action=argparse.BooleanOptionalAction, default=None, help="memory in B")
+    p.add_argument(
+        "--eval_task",
+        "--eval_tasks",
+        dest="eval_tasks",
+        nargs="+",
+        help="tasks to evaluate (default: all of the domain)",
+    )
+    p.add_argument("--flickering_prob", type=float, help="default 0.2")
+    p.add_argument("--noise_std", type=float, help="observation noise standard deviation, default 0.2")
+    p.add_argument("--missing_sensor_prob", type=float, help="default 0.2")
+    p.add_argument(
+        "--train_multipliers", type=float, nargs="+", help="mass/damping multipliers of the training datasets"
+    )
+    p.add_argument(
+        "--eval_multipliers", type=float, nargs="+", help="mass/damping multipliers of the evaluation envs"
+    )
+    p.add_argument("--learning_steps", type=int, help="gradient steps (default 1,000,000)")
+    p.add_argument("--batch_size", type=int, help="default 512")
+    p.add_argument("--episodes", type=int, help="episodes loaded from the dataset (default 5000)")
+    p.add_argument("--eval_frequency", type=int, help="evaluate at step 0 and every N steps (default 20,000)")
+    p.add_argument("--eval_rollouts", type=int, help="episodes per task per evaluation (default 10)")
+    p.add_argument(
+        "--z_inference_steps", type=int, help="labelled samples for task inference (default 10,000)"
+    )
+    p.add_argument("--rollout_memory", help="sliding (default) or carry")
+    p.add_argument("--seed", type=int, help="default 42")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--data_dir", help="dataset root (default datasets)")
+    p.add_argument(
+        "--run_dir", help="run directory (default runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>)"
+    )
+    p.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log to wandb (offline mode without an account)",
+    )
+    p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="hydra multirun: sweep over comma-separated override values",
+    )
+    return p
+
+
+def _hydra_value(value: Any) -> str:
+    """Formats a flag value as a hydra override value (strings quoted when needed)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float | int):
+        return repr(value)
+    text = str(value)
+    return (
+        text
+        if text.replace("_", "").replace("-", "").replace(".", "").replace(":", "").replace("/", "").isalnum()
+        else repr(text)
+    )
+
+
+def translate(argv: list[str]) -> tuple[list[str], bool]:
+    """Turns the command line into (hydra overrides, multirun).
+
+    Tokens of the form ``key=value`` (not starting with ``-``) are passed to hydra unchanged;
+    everything else goes through the paper-style parser.
+
+    Raises:
+        SystemExit: code 2 on flags argparse rejects.
+    """
+    hydra_args = [a for a in argv if "=" in a and not a.startswith("-")]
+    flags = [a for a in argv if a not in hydra_args]
+    parser = build_parser()
+    args = parser.parse_args(flags)
+    _check_choices(parser, args, multirun=any(a in ("-m", "--multirun") for a in flags))
+    overrides = [
+        f"agent={args.algorithm}",
+        f"env.domain={_hydra_value(args.domain)}",
+        f"env.dataset={_hydra_value(args.dataset)}",
+    ]
+    for name, (key, kind) in FLAG_OVERRIDES.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if kind == "list":
+            overrides.append(f"{key}=[{','.join(_hydra_value(v) for v in value)}]")
+        elif kind == "wandb_group":
+            overrides.append(f"logger={'wandb' if value else 'csv'}")
+        else:
+            overrides.append(f"{key}={_hydra_value(value)}")
+    return overrides + hydra_args, args.multirun
+
+
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, multirun: bool) -> None:
+    """Rejects unknown algorithm and memory names at once (comma lists allowed with -m)."""
+    from training.config import ALGORITHMS, MEMORY_TYPES
+
+    for what, value, accepted in (
+        ("algorithm", args.algorithm, ALGORITHMS),
+        ("memory type", args.memory_type, MEMORY_TYPES),
+    ):
+        if value is None:
+            continue
+        for name in value.split(",") if multirun else [value]:
+            if name not in accepted:
+                _fail(f"unknown {what} {name!r}; accepted: {', '.join(accepted)}", EXIT_BAD_INPUT)
+
+
+def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
+    from training.config import memory_label
+
+    return memory_label(str(recurrent_F).lower() == "true", str(recurrent_B).lower() == "true", str(memory))
+
+
+def register_configs() -> None:
+    """Registers the structured schemas (training.config dataclasses, agents' configs) and resolvers."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from training import config as tc
+
+    if not OmegaConf.has_resolver("memory_label"):
+        OmegaConf.register_new_resolver("memory_label", _memory_label)
+    cs = ConfigStore.instance()
+    cs.store(group="memory", name="base_memory", node=tc.MemorySettings)
+    cs.store(group="env", name="base_env", node=tc.EnvSettings)
+    cs.store(group="train", name="base_train", node=tc.TrainSettings)
+    cs.store(group="logger", name="base_logger", node=tc.LoggerSettings)
+    for name, cls_name in (("base_fb", "FBConfig"), ("base_hilp", "HILPConfig")):
+        cs.store(group="agent", name=name, node=_agent_schema(cls_name))
+
+
+def _agent_schema(cls_name: str) -> Any:
+    """AgentSettings (name, recurrent flags) plus every tunable field of the agents' config class.
+
+    Fields the run config sets from other groups (memory type, widths, context lengths, seed)
+    are left out, so each setting has one place on the command line.
+    """
+    from training import builders
+    from training.config import AgentSettings
+
+    own = [(f.name, f.type, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
+    try:
+        import agents
+
+        config_cls = getattr(agents, cls_name)
+    except (ImportError, AttributeError):  # agents package not there yet: only the algorithm choice
+        config_cls = None
+    extra = []
+    if config_cls is not None:
+        skip = {name for name, _, _ in own} | set(builders.MEMORY_FIELD_NAMES)
+        for f in dataclasses.fields(config_cls):
+            if f.name in skip or not f.init:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if isinstance(default, tuple):
+                default = list(default)
+            extra.append((f.name, Any, dataclasses.field(default_factory=lambda d=default: d)))
+    fields = [(n, Any, dataclasses.field(default=d)) for n, _, d in own] + extra
+    return dataclasses.make_dataclass(f"{cls_name}Schema", fields)
+
+
+def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
+    """Composes the resolved config of every job the command would launch."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    job_overrides = [overrides]
+    if multirun:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        job_overrides = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="main_exorl"):
+            configs = [
+                compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")])
+                for job in job_overrides
+            ]
+            return [OmegaConf.to_container(c, resolve=True) for c in configs]  # type: ignore[misc]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def check_job(values: dict[str, Any]) -> Any:
+    """Everything that can be checked before training: names, numbers, tasks, dataset, run dir.
+
+    Returns:
+        The RunConfig.
+
+    Raises:
+        training.config.ConfigError
+    """
+    from training import builders, config, run_dir
+
+    cfg = config.run_config_from_dict(values)
+    config.validate_names(cfg)
+    setup = builders.make_env(cfg)
+    builders.dataset_paths(cfg, setup.domain)
+    builders.agent_config(cfg)
+    run_dir.check_run_dir(cfg)
+    return cfg
+
+
+def main(cfg: Any) -> dict[str, Any]:
+    """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
+    from training import builders
+    from training.logger import MetricLogger
+    from training.run_dir import check_run_dir, prepare_run_dir
+    from training.trainer import Trainer, seed_everything
+
+    resume_from = check_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg)
+    seed_everything(cfg.seed)
+    device = builders.resolve_device(cfg.device)
+    setup = builders.make_env(cfg)
+    buffer = builders.make_buffer(cfg, setup, device)
+    agent = builders.make_agent(cfg, buffer, device)
+    logger = MetricLogger(run_dir, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
+    evaluator = builders.make_evaluator(cfg, setup, buffer, device)
+    trainer = Trainer(cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, buffer))
+    log.info("run %s on %s (resume from %s)", run_dir, device, resume_from)
+    results = trainer.run(resume_from)
+    print(format_summary(results))
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The end-of-run table: per task and multiplier, final and best IQM."""
+    lines = [
+        f"\n{results['algorithm']} {results['domain']} {results['dataset']} memory={results['memory']} "
+        f"seed={results['seed']} steps={results['steps']} rollout_memory={results['rollout_memory']}",
+        f"{'task':<16}{'mult':>6}{'final IQM':>12}{'best IQM':>12}{'best at':>10}",
+    ]
+    for task, per_m in results["final"]["iqm"].items():
+        for m, value in per_m.items():
+            best = results["best"]["iqm"][task][m]
+            at = results["best"]["iqm_step"][task][m]
+            lines.append(f"{task:<16}{float(m):>6g}{value:>12.1f}{best:>12.1f}{at:>10}")
+    lines.append(
+        f"{'mean over tasks':<22}{results['final']['mean_iqm']:>12.1f}{results['best']['mean_iqm']:>12.1f}{results['best']['step']:>10}"
+    )
+    return "\n".join(lines)
+
+
+def _task(hydra_cfg: Any) -> dict[str, Any]:
+    """Hydra job entry point: plain dataclasses from here on."""
+    from omegaconf import OmegaConf
+
+    from training.config import ConfigError, run_config_from_dict
+    from training.trainer import NonFiniteLossError
+
+    try:
+        cfg = run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
+        return main(cfg)
+    except ConfigError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except NonFiniteLossError as error:
+        _fail(str(error), 1)
+    except KeyboardInterrupt as error:
+        _fail(
+            f"interrupted ({error or 'KeyboardInterrupt'}); rerun the same command to continue from the last checkpoint",
+            EXIT_INTERRUPTED,
+        )
+    raise AssertionError("unreachable")
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"main_exorl.py: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parses, checks every job, then hands over to hydra (single run or multirun)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, multirun = translate(argv)
+    register_configs()
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from training.config import ConfigError
+
+    try:
+        for values in compose_jobs(overrides, multirun):
+            check_job(values)
+    except ConfigError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
+        _fail(_one_line(error), EXIT_BAD_INPUT)
+    import hydra
+
+    sys.argv = [sys.argv[0], *overrides, *(["--multirun"] if multirun else [])]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's composition errors, reduced to one line (with the options or the cause)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if "Available options" in str(error):
+        cut = lines.index("Config search path:") if "Config search path:" in lines else len(lines)
+        options = [o for o in lines[2:cut] if not o.startswith("base_")]
+        return f"{first}; accepted: {', '.join(options)}"
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first.rstrip(".")
+
+
+if __name__ == "__main__":
+    cli()

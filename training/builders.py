@@ -1,0 +1,226 @@
+"""Builders that turn a RunConfig into the objects of a run: transforms, buffer, agent, evaluator.
+
+Each builder is small and has one job, so ``main_exorl.main`` reads like a table of contents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EnvSetup:
+    """The environment side of a run.
+
+    Attributes:
+        domain: base domain (walker, cheetah, quadruped).
+        variant: POMDP variant or None.
+        dynamics_transform: transform of the F/pi stream (dataset and evaluation observations).
+        rewards_transform: transform of the B stream (dataset goals, task inference).
+        tasks: evaluation tasks.
+    """
+
+    domain: str
+    variant: str | None
+    dynamics_transform: Any
+    rewards_transform: Any
+    tasks: list[str]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_env(cfg: RunConfig) -> EnvSetup:
+    """Parses the domain string and builds the two POMDP stream transforms.
+
+    Raises:
+        ConfigError: unknown domain or task.
+    """
+    import envs
+
+    try:
+        spec = envs.parse_domain(cfg.env.domain)
+        dynamics, rewards = envs.make_stream_transforms(
+            cfg.env.domain,
+            flickering_prob=cfg.env.flickering_prob,
+            noise_std=cfg.env.noise_std,
+            missing_sensor_prob=cfg.env.missing_sensor_prob,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    known = tuple(envs.DOMAINS[spec.domain].tasks)
+    tasks = list(cfg.env.eval_tasks) or list(known)
+    for task in tasks:
+        if task not in known:
+            raise ConfigError(f"unknown task {task!r} for domain {spec.domain}; accepted: {', '.join(known)}")
+    return EnvSetup(spec.domain, spec.variant, dynamics, rewards, tasks)
+
+
+def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
+    """The reformatted dataset file of every training multiplier.
+
+    Raises:
+        ConfigError: a dataset file is missing (names the path and how to make it).
+    """
+    from data import dataset_path
+
+    paths = [
+        Path(dataset_path(cfg.env.data_dir, domain, cfg.env.dataset, m)) for m in cfg.env.train_multipliers
+    ]
+    for path, m in zip(paths, cfg.env.train_multipliers, strict=True):
+        if not path.exists():
+            hint = f"python exorl_reformatter.py {domain}_{cfg.env.dataset}"
+            if m != 1.0:
+                hint += f" --multiplier {m:g}"
+            raise ConfigError(
+                f"missing dataset {path} (domain {domain}, dataset {cfg.env.dataset}, multiplier {m:g}); create it with `{hint}` or pass --data_dir"
+            )
+    return paths
+
+
+def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> Any:
+    """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load)."""
+    from data import SequenceBuffer
+
+    return SequenceBuffer(
+        dataset_paths(cfg, setup.domain),
+        setup.domain,
+        episodes=cfg.env.episodes,
+        history_length=cfg.history_length,
+        backward_history_length=cfg.backward_history_length,
+        dynamics_transform=setup.dynamics_transform,
+        rewards_transform=setup.rewards_transform,
+        seed=cfg.seed,
+        device=device,
+        resample_per_batch=cfg.env.resample_per_batch,
+        pad_with_zeros=cfg.env.pad_with_zeros,
+    )
+
+
+def agent_config(cfg: RunConfig) -> Any:
+    """The agents' config dataclass (FBConfig / HILPConfig) filled from the run config.
+
+    Memory settings map onto the agents' fields; ``agent.overrides`` are applied last.
+
+    Raises:
+        ConfigError: an override names a field the agent config does not have.
+    """
+    import agents
+
+    config_cls = agents.FBConfig if cfg.agent.name.startswith("fb") else agents.HILPConfig
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    values = {key: value for key, value in _memory_fields(cfg).items() if key in names}
+    unknown = sorted(set(cfg.agent.overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown agent setting(s) {', '.join('agent.' + k for k in unknown)}; accepted: {', '.join(sorted(names))}"
+        )
+    values.update(cfg.agent.overrides)
+    return config_cls(**values)
+
+
+MEMORY_FIELD_NAMES: tuple[str, ...] = (
+    "memory_type",
+    "model_dimension",
+    "history_length",
+    "backward_history_length",
+    "recurrent_F",
+    "recurrent_B",
+    "seed",
+)
+
+
+def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
+    """Run-config values under the names the agents' config uses."""
+    return {
+        "memory_type": cfg.memory.name,
+        "model_dimension": cfg.memory.resolved_model_dimension(),
+        "history_length": cfg.history_length,
+        "backward_history_length": cfg.backward_history_length,
+        "recurrent_F": cfg.agent.recurrent_F,
+        "recurrent_B": cfg.agent.recurrent_B,
+        "seed": cfg.seed,
+    }
+
+
+def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:
+    """Builds the agent for the buffer's observation, goal and action dimensions."""
+    import agents
+
+    return agents.make_agent(
+        cfg.agent.name, buffer.obs_dim, buffer.goal_dim, buffer.action_dim, agent_config(cfg), device
+    )
+
+
+def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Any:
+    """An Evaluator over one BatchedEvalEnv of every task x multiplier x rollout."""
+    import envs
+    from training.evaluation import Evaluator
+
+    def make_eval_env(seed: int) -> Any:
+        return envs.BatchedEvalEnv(
+            setup.domain,
+            setup.tasks,
+            cfg.env.eval_multipliers,
+            cfg.train.eval_rollouts,
+            setup.dynamics_transform,
+            seed,
+        )
+
+    return Evaluator(
+        make_eval_env,
+        buffer,
+        setup.tasks,
+        history_length=cfg.history_length,
+        action_dim=buffer.action_dim,
+        z_inference_steps=cfg.train.z_inference_steps,
+        rollout_memory=cfg.train.rollout_memory,
+        episode_length=cfg.train.eval_episode_length,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def provenance(cfg: RunConfig, buffer: Any) -> dict[str, Any]:
+    """Where the training data came from: files, episodes used, and the dataset manifest(s)."""
+    manifest = getattr(buffer, "manifest", None)
+    return {
+        "paths": [str(p) for p in dataset_paths(cfg, parse_base_domain(cfg.env.domain))],
+        "dataset": cfg.env.dataset,
+        "episodes_requested": cfg.env.episodes,
+        "train_multipliers": list(cfg.env.train_multipliers),
+        "manifest": _jsonable(manifest),
+    }
+
+
+def parse_base_domain(name: str) -> str:
+    """walker_flickering -> walker."""
+    import envs
+
+    return envs.parse_domain(name).domain
+
+
+def _jsonable(value: Any) -> Any:
+    """Best-effort conversion of a manifest to JSON types (numpy scalars and arrays, paths)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,351 @@
+"""Run configuration: plain dataclasses, one per hydra config group, plus validation.
+
+Only the CLI (``main_exorl.py``) knows about hydra. It registers these dataclasses as structured
+config schemas, composes ``configs/`` with the user's overrides, and hands the result to
+:func:`run_config_from_dict`, which returns a :class:`RunConfig` made of plain dataclasses. Every
+field is documented here, once.
+
+Groups: ``agent`` (algorithm and its hyperparameters), ``memory`` (memory model and context
+lengths), ``env`` (domain, dataset, POMDP settings, evaluation tasks), ``train`` (schedule and
+evaluation protocol; the ``experiment`` presets override it), ``logger`` (CSV always, wandb
+optional).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGORITHMS: tuple[str, ...] = ("fb", "fb_m", "hilp", "hilp_m")
+MEMORY_TYPES: tuple[str, ...] = ("gru", "transformer", "s4d", "mlp")
+ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
+POMDP_VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
+DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
+
+# Keys that may differ between a run directory's saved config and a resumed run.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "train.learning_steps",
+    "train.log_interval",
+    "train.show_progress",
+    "resume",
+    "train.checkpoint_every_eval",
+    "logger",
+    "device",
+    "run_dir",
+)
+
+
+class ConfigError(ValueError):
+    """Bad user input: the CLI reports the message on one line and exits with code 2."""
+
+
+@dataclass
+class AgentSettings:
+    """Algorithm choice; the remaining hyperparameters live in the agents' own config dataclass.
+
+    Attributes:
+        name: fb, fb_m, hilp or hilp_m (fb and hilp are the memory-free versions).
+        recurrent_F: memory model in F (psi for HILP) and pi; False means o_t only.
+        recurrent_B: memory model in B (phi for HILP); False means g_t only.
+        overrides: fields of the agents' own config dataclass (``FBConfig`` / ``HILPConfig``) to
+            change from their defaults. On the command line they are plain ``agent.<field>=...``
+            overrides (the CLI folds every agent key that is not one of the three above into
+            this dict); unknown names are rejected before training.
+    """
+
+    name: str = "fb_m"
+    recurrent_F: bool = True
+    recurrent_B: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemorySettings:
+    """Memory model shared by F, pi and B (each owns its own copy of the weights).
+
+    Attributes:
+        name: gru, transformer, s4d or mlp (frame stacking).
+        model_dimension: hidden width of the memory model; None picks 512 for gru and mlp, 32 for
+            transformer and s4d (the paper's settings).
+        history_length: L_F, context length of F and pi (>= 1; 1 when recurrent_F is off).
+        backward_history_length: L_B, context length of B (>= 1; 1 when recurrent_B is off).
+    """
+
+    name: str = "gru"
+    model_dimension: int | None = None
+    history_length: int = 32
+    backward_history_length: int = 8
+
+    def resolved_model_dimension(self) -> int:
+        """The hidden width actually used (fills in the per-type default)."""
+        return self.model_dimension or DEFAULT_MODEL_DIMENSION.get(self.name, 512)
+
+
+@dataclass
+class EnvSettings:
+    """Domain, POMDP settings, dataset and evaluation tasks.
+
+    Attributes:
+        domain: ``walker``, ``quadruped``, ``cheetah``, optionally with a POMDP suffix
+            (``_flickering``, ``_noise``, ``_sensors``, ``_occluded``, or the stream-specific
+            ``_dynamics_X`` / ``_rewards_X``).
+        dataset: ExORL exploration algorithm whose dataset is loaded (``rnd``, ``random``, ...).
+        data_dir: root of ``<domain>/<dataset>/buffer/dataset.npz``.
+        episodes: episodes loaded from the dataset(s) (first N by episode index, split evenly
+            across training multipliers).
+        eval_tasks: tasks evaluated zero-shot; empty means every task of the domain.
+        flickering_prob: probability that the whole observation is zeroed at a step.
+        noise_std: standard deviation of the additive Gaussian observation noise.
+        missing_sensor_prob: probability that each observation element is zeroed at a step.
+        train_multipliers: mass/damping multipliers of the training dataset(s).
+        eval_multipliers: mass/damping multipliers of the evaluation environment(s).
+        resample_per_batch: resample the POMDP corruption of the offline data every batch
+            (default: once at load, as in the paper).
+        pad_with_zeros: pad history slots before the episode start with zeros instead of
+            repeating the first observation.
+    """
+
+    domain: str = "walker"
+    dataset: str = "rnd"
+    data_dir: str = "datasets"
+    episodes: int = 5000
+    eval_tasks: list[str] = field(default_factory=list)
+    flickering_prob: float = 0.2
+    noise_std: float = 0.2
+    missing_sensor_prob: float = 0.2
+    train_multipliers: list[float] = field(default_factory=lambda: [1.0])
+    eval_multipliers: list[float] = field(default_factory=lambda: [1.0])
+    resample_per_batch: bool = False
+    pad_with_zeros: bool = False
+
+
+@dataclass
+class TrainSettings:
+    """Training schedule and evaluation protocol (DESIGN.md section 8).
+
+    Attributes:
+        learning_steps: gradient steps.
+        batch_size: transitions (windows) per gradient step.
+        eval_frequency: evaluate at step 0, every N steps and at the last step.
+        eval_rollouts: episodes per task per multiplier per evaluation (>= 1).
+        eval_episode_length: environment steps per evaluation episode; None means the full
+            episode (1000). Shorter values are for smoke tests only.
+        z_inference_steps: reward-labelled dataset windows used to infer each task's z.
+        rollout_memory: ``sliding`` re-encodes the last L_F tokens every step (matches
+            training); ``carry`` keeps a recurrent state over the whole episode.
+        log_interval: gradient steps between rows of train.csv (metrics stay tensors between).
+        checkpoint_every_eval: write a checkpoint after every evaluation.
+        show_progress: tqdm progress bar with updates/s.
+    """
+
+    learning_steps: int = 1_000_000
+    batch_size: int = 512
+    eval_frequency: int = 20_000
+    eval_rollouts: int = 10
+    eval_episode_length: int | None = None
+    z_inference_steps: int = 10_000
+    rollout_memory: str = "sliding"
+    log_interval: int = 1000
+    checkpoint_every_eval: bool = True
+    show_progress: bool = True
+
+
+@dataclass
+class LoggerSettings:
+    """Where metrics go. CSV files in the run directory always; wandb when ``wandb`` is true.
+
+    Attributes:
+        wandb: also log to Weights & Biases.
+        project: wandb project.
+        entity: wandb entity (team or user); None uses the account default.
+        mode: wandb mode: ``offline`` (no account needed, sync later), ``online`` or ``disabled``.
+        tags: extra wandb tags.
+    """
+
+    wandb: bool = False
+    project: str = "bfms-with-memory"
+    entity: str | None = None
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs.
+
+    Attributes:
+        agent, memory, env, train, logger: the config groups above.
+        seed: run seed; every generator (buffer, POMDP transforms, agent, evaluation) derives
+            from it.
+        device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, ...
+        run_dir: output directory (configs/config.yaml builds the default
+            ``runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>``).
+        resume: continue from the run directory's last checkpoint when it has one (the
+            default: rerunning a command continues it). False refuses to touch a directory
+            that already holds a checkpoint.
+    """
+
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    env: EnvSettings = field(default_factory=EnvSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    logger: LoggerSettings = field(default_factory=LoggerSettings)
+    seed: int = 42
+    device: str = "auto"
+    run_dir: str = "runs/default"
+    resume: bool = True
+
+    @property
+    def history_length(self) -> int:
+        """L_F as the agent and the buffer see it (1 without memory in F and pi)."""
+        return self.memory.history_length if self.agent.recurrent_F else 1
+
+    @property
+    def backward_history_length(self) -> int:
+        """L_B as the agent and the buffer see it (1 without memory in B)."""
+        return self.memory.backward_history_length if self.agent.recurrent_B else 1
+
+    @property
+    def memory_label(self) -> str:
+        """Short name of the memory setup: ``none``, ``gru``, ``gru-F`` (F/pi only), ``gru-B``."""
+        return memory_label(self.agent.recurrent_F, self.agent.recurrent_B, self.memory.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def memory_label(recurrent_F: bool, recurrent_B: bool, memory: str) -> str:
+    """Names the memory setup for run directories and reports (see ``RunConfig.memory_label``)."""
+    if not recurrent_F and not recurrent_B:
+        return "none"
+    if recurrent_F and recurrent_B:
+        return memory
+    return f"{memory}-F" if recurrent_F else f"{memory}-B"
+
+
+def _build(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    """Builds dataclass ``cls`` from a dict, naming unknown keys as a ConfigError."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; accepted: {', '.join(sorted(names))}"
+        )
+    return cls(**values)
+
+
+def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Builds a RunConfig from a plain nested dict (a resolved hydra config or a saved one).
+
+    Keys outside the schema (hydra's own, ``experiment``) are ignored at the top level and
+    rejected inside the groups.
+    """
+    groups = {
+        "memory": MemorySettings,
+        "env": EnvSettings,
+        "train": TrainSettings,
+        "logger": LoggerSettings,
+    }
+    kwargs: dict[str, Any] = {
+        name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items() if name != "agent"
+    }
+    agent = dict(values.get("agent") or {})
+    own = {f.name for f in dataclasses.fields(AgentSettings)} - {"overrides"}
+    overrides = dict(agent.pop("overrides", None) or {})
+    overrides.update({k: agent.pop(k) for k in list(agent) if k not in own})
+    kwargs["agent"] = AgentSettings(**agent, overrides=overrides)
+    for key in ("seed", "device", "run_dir", "resume"):
+        if key in values and values[key] is not None:
+            kwargs[key] = values[key]
+    cfg = RunConfig(**kwargs)
+    cfg.env.eval_tasks = [str(t) for t in cfg.env.eval_tasks]
+    cfg.env.train_multipliers = [float(m) for m in cfg.env.train_multipliers]
+    cfg.env.eval_multipliers = [float(m) for m in cfg.env.eval_multipliers]
+    return cfg
+
+
+def _choice(value: str, accepted: tuple[str, ...] | list[str], what: str) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def validate_names(cfg: RunConfig) -> None:
+    """Checks every name and number that does not need the environment package or the data.
+
+    Raises:
+        ConfigError: naming the problem and the accepted values.
+    """
+    _choice(cfg.agent.name, ALGORITHMS, "algorithm")
+    _choice(cfg.memory.name, MEMORY_TYPES, "memory type")
+    _choice(cfg.train.rollout_memory, ROLLOUT_MEMORY_MODES, "rollout memory mode (train.rollout_memory)")
+    checks = [
+        (cfg.memory.history_length >= 1, f"history length must be >= 1, got {cfg.memory.history_length}"),
+        (
+            cfg.memory.backward_history_length >= 1,
+            f"backward history length must be >= 1, got {cfg.memory.backward_history_length}",
+        ),
+        (cfg.train.eval_rollouts >= 1, f"eval_rollouts must be >= 1, got {cfg.train.eval_rollouts}"),
+        (cfg.train.learning_steps >= 0, f"learning_steps must be >= 0, got {cfg.train.learning_steps}"),
+        (cfg.train.batch_size >= 1, f"batch_size must be >= 1, got {cfg.train.batch_size}"),
+        (cfg.train.eval_frequency >= 1, f"eval_frequency must be >= 1, got {cfg.train.eval_frequency}"),
+        (
+            cfg.train.z_inference_steps >= 1,
+            f"z_inference_steps must be >= 1, got {cfg.train.z_inference_steps}",
+        ),
+        (cfg.train.log_interval >= 1, f"log_interval must be >= 1, got {cfg.train.log_interval}"),
+        (cfg.env.episodes >= 1, f"episodes must be >= 1, got {cfg.env.episodes}"),
+        (
+            cfg.memory.model_dimension is None or cfg.memory.model_dimension >= 1,
+            f"model_dimension must be >= 1, got {cfg.memory.model_dimension}",
+        ),
+        (len(cfg.env.train_multipliers) >= 1, "train_multipliers must name at least one multiplier"),
+        (len(cfg.env.eval_multipliers) >= 1, "eval_multipliers must name at least one multiplier"),
+        (
+            all(m > 0 for m in cfg.env.train_multipliers + cfg.env.eval_multipliers),
+            "mass/damping multipliers must be > 0",
+        ),
+        (
+            cfg.train.eval_episode_length is None or cfg.train.eval_episode_length >= 1,
+            f"eval_episode_length must be >= 1, got {cfg.train.eval_episode_length}",
+        ),
+        (
+            cfg.logger.mode in ("offline", "online", "disabled"),
+            f"unknown wandb mode {cfg.logger.mode!r}; accepted: offline, online, disabled",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for name, p in (
+        ("flickering_prob", cfg.env.flickering_prob),
+        ("missing_sensor_prob", cfg.env.missing_sensor_prob),
+    ):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {p}")
+    if cfg.env.noise_std < 0:
+        raise ConfigError(f"noise_std must be >= 0, got {cfg.env.noise_std}")
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens a nested dict into dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring ``RESUMABLE_KEYS``."""
+    a, b = flatten(saved), flatten(current)
+
+    def resumable(key: str) -> bool:
+        return any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
+
+    return sorted(k for k in set(a) | set(b) if not resumable(k) and a.get(k) != b.get(k))
