@@ -14,7 +14,8 @@ then GELU and Linear(H, 2H) + GLU. Layers are stacked without residuals or norms
 reference (HazyResearch standalone S4, ``mode=diag``, ``measure=diag-lin``, ``disc=zoh``). B is
 fixed at 1 (the minimal S4D; a trainable B would only rescale C).
 
-Window mode convolves with K through an FFT of length 2L; the last layer only needs its last
+Window mode convolves with K through an FFT of length 2L (or, for windows up to 64 tokens, a
+causal Toeplitz matmul, faster on a CPU at L = 32; the ``conv`` setting); the last layer only needs its last
 position, which is a direct O(L) contraction per channel, so its GELU/GLU run on one position
 instead of L (same result, about half the FLOPs of the reference's full-sequence output). Step
 mode runs the recurrence. The discretisation is recomputed from the current parameters on every
@@ -32,6 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from memory.base import TOKEN_DIM, MemoryModel, State, TokenMLP, summary_head
+
+DIRECT_MAX_LENGTH = 64
+"""Longest window convolved directly (Toeplitz matmul) rather than by FFT under ``conv="auto"``."""
 
 Discretisation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -95,14 +99,29 @@ class S4DLayer(nn.Module):
         c_re, c_im = self.C[..., 0:1], self.C[..., 1:2]  # [H, N/2, 1]
         return 2 * (c_re * w_re - c_im * w_im).sum(1).T  # [length, H]
 
-    def convolve(self, u: torch.Tensor) -> torch.Tensor:
-        """The SSM output before the nonlinearity at every position, [B, L, H], by FFT."""
+    def convolve(self, u: torch.Tensor, method: str = "auto") -> torch.Tensor:
+        """The SSM output before the nonlinearity at every position, [B, L, H].
+
+        Args:
+            u: inputs [B, L, H].
+            method: "fft" (length-2L FFT), "direct" (a causal Toeplitz matmul per channel,
+                O(L^2) but several times faster than the FFT on a CPU for short windows), or
+                "auto": direct up to ``DIRECT_MAX_LENGTH`` tokens, FFT beyond.
+        """
         length = u.shape[1]
         k = self.kernel(length)  # [L, H]
-        spectrum = torch.fft.rfft(u, n=2 * length, dim=1) * torch.fft.rfft(
-            k, n=2 * length, dim=0
-        )  # [B, L+1, H]
-        return torch.fft.irfft(spectrum, n=2 * length, dim=1)[:, :length] + self.D * u  # [B, L, H]
+        if method == "direct" or (method == "auto" and length <= DIRECT_MAX_LENGTH):
+            lag = torch.arange(length, device=u.device)
+            lag = lag[:, None] - lag[None, :]  # [t, s], t - s
+            toeplitz = (k[lag.clamp(min=0)] * (lag >= 0)[..., None]).permute(2, 0, 1)  # [H, t, s]
+            y = torch.bmm(toeplitz, u.permute(2, 1, 0)).permute(2, 1, 0)  # [H, t, B] -> [B, L, H]
+        elif method in ("fft", "auto"):
+            u_f = torch.fft.rfft(u, n=2 * length, dim=1)  # [B, L+1, H]
+            k_f = torch.fft.rfft(k, n=2 * length, dim=0)  # [L+1, H]
+            y = torch.fft.irfft(u_f * k_f, n=2 * length, dim=1)[:, :length]  # [B, L, H]
+        else:
+            raise ValueError(f"S4D: convolution method must be 'auto', 'fft' or 'direct', got {method!r}")
+        return y + self.D * u  # [B, L, H]
 
     def convolve_last(self, u: torch.Tensor) -> torch.Tensor:
         """The SSM output before the nonlinearity at the last position only, [B, H]."""
@@ -143,6 +162,8 @@ class S4DMemory(MemoryModel):
         num_layers: stacked S4D layers (paper: 1).
         token_dim: per-token MLP width = number of SSM channels H (paper: 512).
         dt_min, dt_max: range of the initial step sizes.
+        conv: full-sequence convolution of the layers before the last: "auto", "fft" or "direct"
+            (see ``S4DLayer.convolve``).
 
     State: ``(x_re, x_im)``, each [B, layers, H, N/2], the complex SSM states (zeros at start).
     """
@@ -159,8 +180,12 @@ class S4DMemory(MemoryModel):
         token_dim: int = TOKEN_DIM,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        conv: str = "auto",
     ) -> None:
         super().__init__(input_dim, output_dim, context_length, model_dimension)
+        if conv not in ("auto", "fft", "direct"):
+            raise ValueError(f"S4D: conv must be 'auto', 'fft' or 'direct', got {conv!r}")
+        self.conv = conv
         self.num_layers = num_layers
         self.channels = token_dim
         self.token_mlp = TokenMLP(input_dim, token_dim)
@@ -176,7 +201,7 @@ class S4DMemory(MemoryModel):
     def _sequence(self, u: torch.Tensor, layers: nn.ModuleList) -> torch.Tensor:
         with torch.autocast(u.device.type, enabled=False):
             for layer in layers:
-                u = layer.activate(layer.convolve(u))  # [B, L, H]
+                u = layer.activate(layer.convolve(u, self.conv))  # [B, L, H]
         return u
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -222,5 +247,5 @@ class S4DMemory(MemoryModel):
                 states_re.append(re)
                 states_im.append(im)
                 if i < self.num_layers - 1:
-                    u = layer.activate(layer.convolve(u))  # [B, L, H], the next layer's input
+                    u = layer.activate(layer.convolve(u, self.conv))  # [B, L, H], the next layer's input
         return torch.stack(states_re, 1), torch.stack(states_im, 1)

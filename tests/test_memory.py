@@ -174,12 +174,22 @@ def test_s4d_kernel_equals_unrolled_complex_recurrence():
             torch.testing.assert_close(y[0], kernel[t] + (layer.D if t == 0 else 0))
         # the FFT convolution equals the recurrence on random inputs
         u = torch.randn(2, L, layer.D.shape[0], dtype=torch.float64)
-        conv = layer.convolve(u)
+        conv = layer.convolve(u, "fft")
+        torch.testing.assert_close(layer.convolve(u, "direct"), conv)
         x_re = x_im = torch.zeros(2, *layer.C.shape[:2], dtype=torch.float64)
         for t in range(L):
             y, x_re, x_im = layer.recurrence(u[:, t], x_re, x_im)
             torch.testing.assert_close(y, conv[:, t])
         torch.testing.assert_close(layer.convolve_last(u), conv[:, -1])
+
+
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_s4d_two_layers_window_equals_steps(conv):
+    model = build("s4d", "small", num_layers=2, conv=conv)
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(run_steps(model, x)[-1], model(x))
+        torch.testing.assert_close(run_steps(model, x[:, 2:], model.encode(x[:, :2]))[-1], model(x))
 
 
 def test_s4d_step_mode_uses_current_parameters():
