@@ -28,6 +28,7 @@ from agents.networks import (
     build_backward,
     build_forward,
     chunked,
+    inference,
     last_rows,
     make_target,
     offdiag_mean,
@@ -115,7 +116,7 @@ class FBModel(nn.Module, InferenceMixin):
         self.backward_map = build_backward(goal_dim, action_dim, config)
         self.actor = build_actor(obs_dim, action_dim, config)
 
-    @torch.no_grad()
+    @inference
     def backward(self, goal_window: torch.Tensor, goal_action_window: torch.Tensor) -> torch.Tensor:
         """B of windows, in chunks of ``config.inference_chunk``.
 
@@ -133,7 +134,7 @@ class FBModel(nn.Module, InferenceMixin):
             self.backward_map, g.shape[0], self.config.inference_chunk, g, a, device=self._device()
         )
 
-    @torch.no_grad()
+    @inference
     def infer_z(
         self, goal_window: torch.Tensor, goal_action_window: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:

@@ -40,6 +40,7 @@ from agents.networks import (
     build_backward,
     build_forward,
     chunked,
+    inference,
     last_rows,
     make_target,
     optimizer_step,
@@ -113,7 +114,7 @@ class HILPModel(nn.Module, InferenceMixin):
         rec = self.phi_recurrent
         return self.centring(self.phi[0](last_rows(goal_window, rec), last_rows(goal_action_window, rec)))
 
-    @torch.no_grad()
+    @inference
     def backward(self, goal_window: torch.Tensor, goal_action_window: torch.Tensor) -> torch.Tensor:
         """The exposed features phi(window) [N, d] (centred phi_1), in chunks of ``inference_chunk``.
 
@@ -129,7 +130,7 @@ class HILPModel(nn.Module, InferenceMixin):
 
     features = backward
 
-    @torch.no_grad()
+    @inference
     def infer_z(
         self, goal_window: torch.Tensor, goal_action_window: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:

@@ -15,6 +15,7 @@ Widths follow the reference code (official-code-reading.md section 3): 512-wide 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +56,13 @@ def build_memory(
         context_length: training window length.
         model_dimension: the model's size knob, None for the model default.
         output_activation: end the summary with a ReLU.
-        settings: memory name -> extra keyword settings for that model (e.g. ``token_dim``).
+        settings: memory name -> extra keyword settings for that model (e.g. ``token_dim``;
+            a ``model_dimension`` there overrides the argument for that memory type).
     """
     from memory import make_memory
 
     extra = dict((settings or {}).get(memory_type, {}))
+    model_dimension = extra.pop("model_dimension", model_dimension)  # a per-type setting wins
     return make_memory(
         memory_type,
         input_dim,
@@ -619,6 +622,22 @@ class AgentBase:
             self.generator.set_state(state["generator"].cpu())
 
 
+def inference(method):
+    """Decorator for model inference methods: no_grad and eval mode (dropout off), restored after."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
 class InferenceMixin:
     """Acting API shared by the FB and HILP models (``self.actor`` is an ``Actor``)."""
 
@@ -627,7 +646,7 @@ class InferenceMixin:
     def _device(self) -> torch.device:
         return next(self.parameters()).device  # type: ignore[attr-defined]
 
-    @torch.no_grad()
+    @inference
     def act(
         self, obs_window: torch.Tensor, prev_action_window: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
@@ -650,7 +669,7 @@ class InferenceMixin:
         prev = last_rows(prev_action_window, recurrent).to(dev)
         return self.actor(obs, prev, z)
 
-    @torch.no_grad()
+    @inference
     def act_step(
         self, obs: torch.Tensor, prev_action: torch.Tensor, z: torch.Tensor, state: State | None
     ) -> tuple[torch.Tensor, State | None]:
