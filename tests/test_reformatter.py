@@ -1,0 +1,280 @@
+"""exorl_reformatter.py: reformat round-trip with relabelled rewards, download against a loopback
+server (full, resumed, unsafe archive, unreachable host), local collection and resume."""
+
+import http.server
+import io
+import json
+import threading
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+import exorl_reformatter
+from agents.rnd import RNDConfig
+from data import DatasetError, SequenceBuffer, dataset_path, list_episode_files, read_episode, read_manifest
+from data.collect import collect
+from data.download import DownloadError, download, extract_archive
+from data.exorl import buffer_dir, verify_dataset, write_episode
+from data.reformat import reformat
+from envs import DOMAINS
+
+DOMAIN = "walker"
+INFO = DOMAINS[DOMAIN]
+LENGTH = 30
+
+
+@pytest.fixture(scope="module")
+def raw_episodes(tmp_path_factory):
+    """Three real walker episodes (uniform random actions), as written by the collector."""
+    folder = tmp_path_factory.mktemp("raw") / "buffer"
+    collect(folder, DOMAIN, "random", 3 * LENGTH, seed=0, episode_length=LENGTH)
+    return [read_episode(p) for p in list_episode_files(folder)]
+
+
+def write_raw(folder, episodes, indices):
+    for index, episode in zip(indices, episodes, strict=True):
+        write_episode(folder, index, episode)
+        # ExORL names are not zero-padded: rename to prove numeric (not lexicographic) ordering.
+        padded = folder / f"episode_{index:06d}_{LENGTH}.npz"
+        padded.rename(folder / f"20220101T000000_{index}_{LENGTH}.npz")
+
+
+def test_reformat_round_trip(tmp_path, raw_episodes):
+    folder = buffer_dir(tmp_path, DOMAIN, "rnd")
+    write_raw(folder, raw_episodes, [10, 2, 9])  # sorted by index: 2, 9, 10
+    out = reformat(folder, DOMAIN, "rnd", episodes=2, workers=1)
+    assert out == dataset_path(tmp_path, DOMAIN, "rnd")
+    manifest = read_manifest(out)
+    assert manifest["episode_indices"] == [2, 9] and manifest["episodes"] == 2
+    assert manifest["tasks"] == list(INFO.tasks) and manifest["source"]["kind"] == "raw-folder"
+    verify_dataset(out)
+    with np.load(out, allow_pickle=False) as data:
+        assert (
+            data["observation"].shape == (2, LENGTH + 1, INFO.obs_dim)
+            and data["observation"].dtype == np.float32
+        )
+        assert data["physics"].dtype == np.float64
+        for i, source in enumerate((raw_episodes[1], raw_episodes[2])):
+            np.testing.assert_array_equal(data["observation"][i], source["observation"])
+            np.testing.assert_array_equal(data["action"][i], source["action"])
+            # walker's collection task is stand: the relabelled reward equals the online reward.
+            np.testing.assert_allclose(data["reward_stand"][i, 1:], source["reward"][1:, 0], atol=1e-5)
+        assert all(data[f"reward_{t}"].shape == (2, LENGTH + 1) for t in INFO.tasks)
+    stamp = out.stat().st_mtime_ns
+    reformat(folder, DOMAIN, "rnd", episodes=2, workers=1)  # nothing new: nothing happens
+    assert out.stat().st_mtime_ns == stamp
+    reformat(folder, DOMAIN, "rnd", workers=1, delete_raw=True)
+    assert read_manifest(out)["episode_indices"] == [2, 9, 10] and not list_episode_files(folder)
+    buffer = SequenceBuffer(out, DOMAIN, None, 4, 2, seed=0)
+    assert buffer.num_episodes == 3 and buffer.episode_length == LENGTH
+
+
+def test_reformat_bad_episodes(tmp_path, raw_episodes):
+    folder = buffer_dir(tmp_path, DOMAIN, "rnd")
+    write_raw(folder, raw_episodes[:2], [0, 1])
+    bad = folder / f"episode_2_{LENGTH}.npz"
+    bad.write_bytes((folder / f"20220101T000000_0_{LENGTH}.npz").read_bytes()[:500])
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        reformat(folder, DOMAIN, "rnd", workers=1)
+    assert not dataset_path(tmp_path, DOMAIN, "rnd").exists()
+    assert not list(folder.glob(".dataset*"))  # no half-written file left behind
+    np.savez(bad, observation=np.zeros((LENGTH + 1, 17), np.float32), action=np.zeros((LENGTH + 1, 6)),
+             physics=np.zeros((LENGTH + 1, 18)))  # fmt: skip
+    with pytest.raises(DatasetError, match=r"observation has shape \(31, 17\)"):
+        reformat(folder, DOMAIN, "rnd", workers=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# loopback HTTP server
+
+
+@dataclass
+class Served:
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut_after: int | None = None  # bytes sent on the first GET before the connection is dropped
+    requests: list[str | None] = field(default_factory=list)
+
+
+def make_server(served: Served):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served.requests.append(self.headers.get("Range"))
+            body = served.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = 0
+            if self.headers.get("Range"):
+                start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            if served.cut_after is not None:
+                cut, served.cut_after = served.cut_after, None
+                self.wfile.write(body[start : start + cut])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body[start:])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def server():
+    served = Served()
+    srv = make_server(served)
+    yield served, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def exorl_zip(episodes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for index, episode in enumerate(episodes):
+            raw = io.BytesIO()
+            np.savez_compressed(raw, **episode)
+            zf.writestr(f"buffer/episode_{index}_{LENGTH}.npz", raw.getvalue())
+        zf.writestr("video/0.mp4", b"not a video")
+    return buffer.getvalue()
+
+
+def test_cli_downloads_extracts_and_reformats(tmp_path, server, raw_episodes):
+    served, url = server
+    served.files["/walker/rnd.zip"] = exorl_zip(raw_episodes)
+    served.cut_after = 3000  # the first connection is cut: the download resumes with a Range request
+    args = ["walker_rnd", "--data_dir", str(tmp_path), "--base_url", url, "--workers", "1"]
+    assert exorl_reformatter.main(args) == 0
+    out = dataset_path(tmp_path, DOMAIN, "rnd")
+    manifest = read_manifest(out)
+    assert (
+        manifest["source"]["kind"] == "exorl-download"
+        and manifest["source"]["url"] == f"{url}/walker/rnd.zip"
+    )
+    assert manifest["episodes"] == 3 and served.requests == [None, "bytes=3000-"]
+    assert not (tmp_path / DOMAIN / "rnd.zip").exists() and not (tmp_path / DOMAIN / "rnd" / "video").exists()
+    assert len(list_episode_files(out.parent)) == 3  # raw files kept
+    assert exorl_reformatter.main(args) == 0 and len(served.requests) == 2  # idempotent: no new request
+
+
+def test_download_interrupted_then_resumed(tmp_path, server):
+    served, url = server
+    payload = np.random.default_rng(0).bytes(200_000)
+    served.files["/x.zip"] = payload
+    served.cut_after = 50_000
+    dest = tmp_path / "x.zip"
+    with pytest.raises(DownloadError, match="rerun the same command to resume"):
+        download(f"{url}/x.zip", dest, retries=0)
+    assert not dest.exists() and (tmp_path / "x.zip.part").stat().st_size == 50_000
+    download(f"{url}/x.zip", dest)
+    assert dest.read_bytes() == payload and served.requests == [None, "bytes=50000-"]
+    assert not (tmp_path / "x.zip.part").exists()
+
+
+def test_download_errors(tmp_path, server):
+    _, url = server
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(f"{url}/missing.zip", tmp_path / "missing.zip")
+    port = make_server(Served())
+    closed = port.server_address[1]
+    port.shutdown()
+    port.server_close()
+    with pytest.raises(DownloadError, match="cannot reach"):
+        download(f"http://127.0.0.1:{closed}/x.zip", tmp_path / "y.zip")
+    assert not (tmp_path / "y.zip").exists()
+    code = exorl_reformatter.main(
+        ["walker_rnd", "--data_dir", str(tmp_path), "--base_url", f"http://127.0.0.1:{closed}"]
+    )
+    assert code == 1 and not dataset_path(tmp_path, DOMAIN, "rnd").exists()
+
+
+def test_unsafe_archive_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("buffer/episode_0_10.npz", b"fine")
+        zf.writestr("buffer/../../escaped.txt", b"evil")
+    target = tmp_path / "walker" / "rnd"
+    with pytest.raises(DatasetError, match="escapes"):
+        extract_archive(archive, target)
+    assert not (tmp_path / "escaped.txt").exists() and not (target / "buffer").exists()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("/etc/absolute.txt", b"evil")
+    with pytest.raises(DatasetError, match="absolute"):
+        extract_archive(archive, target)
+
+
+# ------------------------------------------------------------------------------------------------
+# local collection
+
+TINY_RND = RNDConfig(hidden_dim=32, rnd_rep_dim=16, batch_size=16, num_seed_frames=25, replay_capacity=1000)
+
+
+def test_collect_random_resumes_deterministically(tmp_path):
+    a, b = tmp_path / "a" / "buffer", tmp_path / "b" / "buffer"
+    collect(a, DOMAIN, "random", 3 * 20, seed=4, episode_length=20)
+    collect(b, DOMAIN, "random", 2 * 20, seed=4, episode_length=20)  # "interrupted" after two episodes
+    first = list_episode_files(b)[0].stat().st_mtime_ns
+    collect(b, DOMAIN, "random", 3 * 20, seed=4, episode_length=20)
+    assert list_episode_files(b)[0].stat().st_mtime_ns == first  # present episodes are not redone
+    for x, y in zip(list_episode_files(a), list_episode_files(b), strict=True):
+        ex, ey = read_episode(x), read_episode(y)
+        assert all(np.array_equal(ex[k], ey[k]) for k in ex)
+    with pytest.raises(DatasetError, match="other settings"):
+        collect(b, DOMAIN, "random", 3 * 20, seed=5, episode_length=20)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: a second intra-op thread only adds contention on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_collect_rnd_writes_valid_files_and_resumes(tmp_path, one_thread):
+    folder = tmp_path / "buffer"
+    collect(folder, DOMAIN, "rnd", 2 * 20, seed=0, episode_length=20, rnd_config=TINY_RND)
+    files = list_episode_files(folder)
+    assert [f.name for f in files] == ["episode_000000_20.npz", "episode_000001_20.npz"]
+    for f in files:
+        episode = read_episode(f, (INFO.obs_dim, INFO.action_dim, INFO.physics_dim))
+        assert episode["observation"].shape == (21, INFO.obs_dim) and np.all(episode["action"][0] == 0)
+        assert np.all(np.abs(episode["action"]) <= 1) and np.all(episode["discount"] == 1)
+    (folder / ".rnd_agent.pt").stat()
+    collect(
+        folder, DOMAIN, "rnd", 4 * 20, seed=0, episode_length=20, rnd_config=TINY_RND
+    )  # resumes, updates run
+    assert len(list_episode_files(folder)) == 4
+    assert json.loads((folder / "collection.json").read_text())["rnd"]["hidden_dim"] == 32
+
+
+def test_cli_collect_changed_dynamics(tmp_path):
+    args = ["walker_random", "--collect", "--collect_steps", "40", "--episode_length", "20", "--multiplier", "1.5",
+            "--seed", "3", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+    assert exorl_reformatter.main(args) == 0
+    out = dataset_path(tmp_path, DOMAIN, "random", 1.5)
+    assert out.parts[-3] == "random_m1.5"
+    manifest = read_manifest(out)
+    collection = manifest["source"]["collection"]
+    assert manifest["multiplier"] == 1.5 and manifest["source"]["kind"] == "collected"
+    assert (collection["algorithm"], collection["steps"], collection["seed"], collection["multiplier"]) == (
+        "random",
+        40,
+        3,
+        1.5,
+    )
+    # A missing changed-dynamics dataset without --collect says how to collect it.
+    assert exorl_reformatter.main(["walker_rnd", "--multiplier", "2", "--data_dir", str(tmp_path)]) == 1
