@@ -13,6 +13,7 @@ nothing new does nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from data.collect import COLLECT_ALGOS, collect
 from data.download import EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
 from data.exorl import DatasetError, buffer_dir, dataset_path, list_episode_files, read_manifest
-from data.reformat import reformat
+from data.reformat import DOWNLOAD_FILE, reformat
 
 logger = logging.getLogger("exorl_reformatter")
 
@@ -71,7 +72,7 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
     """Make ``dataset.npz`` of one pair: collect or download if needed, then reformat."""
     folder = buffer_dir(args.data_dir, domain, algo, args.multiplier)
     out = dataset_path(args.data_dir, domain, algo, args.multiplier)
-    source: dict = {}
+    source: dict | None = None
     if args.collect:
         if algo not in COLLECT_ALGOS:
             raise DatasetError(f"--collect supports {', '.join(COLLECT_ALGOS)}, not {algo!r}")
@@ -101,10 +102,10 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
             url = archive_url(args.base_url, domain, algo)
             download(url, archive)
             extract_archive(archive, folder.parent)
-            archive.unlink()
             source = {"kind": "exorl-download", "url": url}
-        else:
-            source = {"kind": "raw-folder"}
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / DOWNLOAD_FILE).write_text(json.dumps(source))
+            archive.unlink()
     return reformat(
         folder, domain, algo, multiplier=args.multiplier, episodes=args.episodes, source=source,
         workers=args.workers, delete_raw=args.delete_raw,

@@ -26,7 +26,8 @@ from data.exorl import (
 
 logger = logging.getLogger(__name__)
 
-COLLECTION_FILE = "collection.json"
+COLLECTION_FILE = "collection.json"  # settings of a local collection, written by data/collect.py
+DOWNLOAD_FILE = "download.json"  # where the raw episodes were downloaded from, written by the CLI
 
 
 def _domain_info(domain: str):
@@ -163,11 +164,13 @@ def reformat(
 
 def _source(folder: Path, source: dict | None) -> dict:
     merged = {"kind": "raw-folder", "raw_folder": str(folder)}
+    download = folder / DOWNLOAD_FILE
+    if download.is_file():
+        merged.update(json.loads(download.read_text()))
     merged.update(source or {})
     collection = folder / COLLECTION_FILE
     if collection.is_file():
         merged["collection"] = json.loads(collection.read_text())
-        merged.setdefault("kind", "collected")
         if merged["kind"] == "raw-folder":
             merged["kind"] = "collected"
     return merged

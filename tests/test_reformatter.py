@@ -167,6 +167,9 @@ def test_cli_downloads_extracts_and_reformats(tmp_path, server, raw_episodes):
     assert not (tmp_path / DOMAIN / "rnd.zip").exists() and not (tmp_path / DOMAIN / "rnd" / "video").exists()
     assert len(list_episode_files(out.parent)) == 3  # raw files kept
     assert exorl_reformatter.main(args) == 0 and len(served.requests) == 2  # idempotent: no new request
+    assert exorl_reformatter.main([*args, "--episodes", "2"]) == 0 and len(served.requests) == 2
+    manifest = read_manifest(out)
+    assert manifest["episodes"] == 2 and manifest["source"]["url"] == f"{url}/walker/rnd.zip"
 
 
 def test_download_interrupted_then_resumed(tmp_path, server):
