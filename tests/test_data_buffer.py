@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from data import DatasetError, DatasetNotFoundError, SequenceBuffer, dataset_path
+from data import (
+    DatasetError,
+    DatasetNotFoundError,
+    SequenceBuffer,
+    dataset_path,
+    make_synthetic_dataset,
+    read_manifest,
+)
 from data.exorl import reward_key, write_dataset
 from envs import DOMAINS, make_transform
 
@@ -216,3 +223,23 @@ def test_bad_input(tmp_path, encoded):
     write_dataset(wrong, arrays, manifest)
     with pytest.raises(DatasetError, match=r"observation has shape .*expected \[40, T\+1, 24\]"):
         SequenceBuffer(wrong, DOMAIN, None, 4, 2)
+
+
+def test_synthetic_dataset(tmp_path):
+    path = make_synthetic_dataset(tmp_path, "cheetah", episodes=2, episode_length=50, seed=1)
+    assert path == dataset_path(tmp_path, "cheetah", "rnd") and [
+        p.name for p in path.parent.parent.parent.iterdir()
+    ] == ["rnd"]
+    manifest = read_manifest(path)
+    assert (
+        manifest["source"]["kind"] == "synthetic"
+        and manifest["episodes"] == 2
+        and manifest["episode_length"] == 50
+    )
+    stamp = path.stat().st_mtime_ns
+    assert make_synthetic_dataset(tmp_path, "cheetah", episodes=2, episode_length=50, seed=1) == path
+    assert path.stat().st_mtime_ns == stamp
+    buffer = SequenceBuffer(path, "cheetah", None, 8, 4, seed=0)
+    labelled = buffer.sample_labelled(100)
+    assert set(labelled.rewards) == set(DOMAINS["cheetah"].tasks)
+    assert all(float(r.min()) >= 0 and float(r.max()) <= 1 for r in labelled.rewards.values())
