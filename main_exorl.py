@@ -292,6 +292,8 @@ def check_job(values: dict[str, Any]) -> Any:
 
 def main(cfg: Any) -> dict[str, Any]:
     """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
+    import torch
+
     from training import builders
     from training.logger import MetricLogger
     from training.run_dir import check_run_dir, prepare_run_dir
@@ -300,6 +302,8 @@ def main(cfg: Any) -> dict[str, Any]:
     resume_from = check_run_dir(cfg)
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     device = builders.resolve_device(cfg.device)
     setup = builders.make_env(cfg)
     buffer = builders.make_buffer(cfg, setup, device)
@@ -370,8 +374,14 @@ def cli(argv: list[str] | None = None) -> None:
     from training.config import ConfigError
 
     try:
-        for values in compose_jobs(overrides, multirun):
-            check_job(values)
+        seen: dict[str, int] = {}
+        for index, values in enumerate(compose_jobs(overrides, multirun)):
+            cfg = check_job(values)
+            if cfg.run_dir in seen:
+                raise ConfigError(
+                    f"sweep jobs {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
+                )
+            seen[cfg.run_dir] = index
     except ConfigError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value

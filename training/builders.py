@@ -107,6 +107,7 @@ def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> Any:
         device=device,
         resample_per_batch=cfg.env.resample_per_batch,
         pad_with_zeros=cfg.env.pad_with_zeros,
+        tasks=setup.tasks,
     )
 
 
@@ -123,6 +124,7 @@ def agent_config(cfg: RunConfig) -> Any:
     config_cls = agents.FBConfig if cfg.agent.name.startswith("fb") else agents.HILPConfig
     names = {f.name for f in dataclasses.fields(config_cls)}
     values = {key: value for key, value in _memory_fields(cfg).items() if key in names}
+    values.update({k: v for k, v in domain_defaults(cfg).items() if k in names})
     unknown = sorted(set(cfg.agent.overrides) - names)
     if unknown:
         raise ConfigError(
@@ -140,6 +142,7 @@ MEMORY_FIELD_NAMES: tuple[str, ...] = (
     "recurrent_F",
     "recurrent_B",
     "seed",
+    "batch_size",
 )
 
 
@@ -153,7 +156,19 @@ def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
         "recurrent_F": cfg.agent.recurrent_F,
         "recurrent_B": cfg.agent.recurrent_B,
         "seed": cfg.seed,
+        "batch_size": cfg.train.batch_size,
     }
+
+
+def domain_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """Per-domain agent settings of the reference code (an explicit ``agent.<field>`` wins).
+
+    HILP: ``gamma_phi`` 0.96 on walker; the scalar successor-feature loss (psi . z) on quadruped.
+    """
+    if not cfg.agent.name.startswith("hilp"):
+        return {}
+    domain = cfg.env.domain.split("_")[0]
+    return {"walker": {"gamma_phi": 0.96}, "quadruped": {"sf_loss": "scalar"}}.get(domain, {})
 
 
 def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:

@@ -1,8 +1,8 @@
 """Checkpoint orchestration: agent weights (``training.checkpoint.save_agent``) plus trainer state.
 
 A checkpoint is a directory ``<run_dir>/checkpoints/step_<step>/`` holding the agent (written by
-``save_agent``) and ``trainer.pt`` (step, RNG states of torch / numpy / python and of every
-generator the buffer and the agent own). It is written to a temporary directory first and
+``save_agent``: weights, optimizers, the agent's generator) and ``trainer.pt`` (step, RNG states
+of torch / numpy / python and of the buffer's generators). It is written to a temporary directory first and
 renamed into place; ``checkpoints/latest`` names the newest complete one and is replaced
 atomically, so a run killed at any moment leaves a loadable checkpoint behind.
 """
@@ -83,6 +83,11 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _buffer_state(buffer: Any) -> dict[str, Any]:
+    """The buffer's generator states (its own ``state_dict`` when it has one)."""
+    return buffer.state_dict() if hasattr(buffer, "state_dict") else generator_states(buffer)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint directory of a run, or None."""
     pointer = Path(run_dir) / CHECKPOINT_DIR / "latest"
@@ -119,8 +124,7 @@ def save_checkpoint(
     state = {
         "step": step,
         "global_rng": global_rng_state(),
-        "buffer_rng": generator_states(buffer),
-        "agent_rng": generator_states(agent),
+        "buffer_rng": _buffer_state(buffer),
         "extra": extra or {},
     }
     torch.save(state, tmp / "trainer.pt")
@@ -144,7 +148,7 @@ def _prune(root: Path, keep: str) -> None:
 
 
 def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
-    """Restores the agent, the buffer's and agent's generators and the global RNGs.
+    """Restores the agent (with its generator), the buffer's generators and the global RNGs.
 
     Returns:
         The trainer state (``step``, ``extra``).
@@ -153,8 +157,10 @@ def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
 
     load_agent(agent, Path(path) / "agent")
     state = torch.load(Path(path) / "trainer.pt", weights_only=False)
-    set_generator_states(buffer, state["buffer_rng"])
-    set_generator_states(agent, state["agent_rng"])
+    if hasattr(buffer, "load_state_dict"):
+        buffer.load_state_dict(state["buffer_rng"])
+    else:
+        set_generator_states(buffer, state["buffer_rng"])
     set_global_rng_state(state["global_rng"])
     log.info("resumed from %s (step %d)", path, state["step"])
     return state

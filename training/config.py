@@ -33,6 +33,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "logger",
     "device",
     "run_dir",
+    "torch_threads",
 )
 
 
@@ -181,6 +182,8 @@ class RunConfig:
         device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, ...
         run_dir: output directory (configs/config.yaml builds the default
             ``runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>``).
+        torch_threads: CPU threads of torch (None: torch's default). 1 is much faster for the
+            tiny smoke networks on a busy machine.
         resume: continue from the run directory's last checkpoint when it has one (the
             default: rerunning a command continues it). False refuses to touch a directory
             that already holds a checkpoint.
@@ -195,6 +198,7 @@ class RunConfig:
     device: str = "auto"
     run_dir: str = "runs/default"
     resume: bool = True
+    torch_threads: int | None = None
 
     @property
     def history_length(self) -> int:
@@ -257,7 +261,7 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     overrides = dict(agent.pop("overrides", None) or {})
     overrides.update({k: agent.pop(k) for k in list(agent) if k not in own})
     kwargs["agent"] = AgentSettings(**agent, overrides=overrides)
-    for key in ("seed", "device", "run_dir", "resume"):
+    for key in ("seed", "device", "run_dir", "resume", "torch_threads"):
         if key in values and values[key] is not None:
             kwargs[key] = values[key]
     cfg = RunConfig(**kwargs)
