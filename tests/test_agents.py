@@ -13,6 +13,16 @@ from agents.networks import offdiag_mean
 from data.batch import Batch
 from training.checkpoint import load_agent, save_agent
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 OBS, GOAL, ACT, L_F, L_B, D = 5, 4, 2, 4, 3, 8
 MEMORY_TYPES = ["gru", "transformer", "s4d", "mlp"]
 SMALL = {
