@@ -1,0 +1,172 @@
+"""The training CLI end to end (subprocess, smoke preset, tiny synthetic walker dataset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGORITHMS = ("fb", "fb_m", "hilp", "hilp_m")
+MEMORY_TYPES = ("gru", "transformer", "s4d", "mlp")
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1", PYTHONHASHSEED="0", WANDB_MODE="offline")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main_exorl.py"), *args],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (random-action) walker dataset: 4 episodes x 60 steps."""
+    from data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every algorithm x memory pairing in smoke mode: one multirun per memory-free / memory group."""
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["experiment=smoke", f"--data_dir={data_dir}", f"run_root={runs}", "-m"]
+    run_cli("fb_m,hilp_m", "walker_flickering", "rnd", *common, f"memory={','.join(MEMORY_TYPES)}")
+    run_cli("fb,hilp", "walker_flickering", "rnd", *common)
+    return runs
+
+
+def results_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_smoke_every_algorithm_and_memory(smoke_runs: Path, algorithm: str) -> None:
+    memories = ("none",) if not algorithm.endswith("_m") else MEMORY_TYPES
+    for memory in memories:
+        run_dir = smoke_runs / algorithm / "walker_flickering" / "rnd" / memory / "seed42"
+        results = results_of(run_dir)
+        assert results["algorithm"] == algorithm and results["memory"] == memory
+        assert results["steps"] == 6 and results["final"]["step"] == 6
+        assert [p["step"] for p in results["curve"]] == [0, 3, 6]
+        assert set(results["final"]["iqm"]) == {"stand", "walk", "run", "flip"}
+        assert results["finite"] and results["rollout_memory"] == "sliding"
+        assert results["dataset_provenance"]["paths"][0].endswith("walker/rnd/buffer/dataset.npz")
+        for name in ("config.yaml", "train.csv", "eval.csv", "checkpoints/latest"):
+            assert (run_dir / name).exists(), name
+        eval_lines = (run_dir / "eval.csv").read_text().strip().splitlines()
+        assert len(eval_lines) == 1 + 3 * 4  # header + 3 evaluations x 4 tasks
+
+
+def test_report_on_smoke_runs(smoke_runs: Path, tmp_path: Path) -> None:
+    import plot_results
+
+    assert plot_results.main([str(smoke_runs), "--out", str(tmp_path), "--reps", "200"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| flickering | walker | rnd |" in report
+    for method in ("FB", "HILP", "HILP-M", "FB-M (transformer)", "FB-stack"):
+        assert method in report
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    assert (tmp_path / "iqm_bars.png").stat().st_size > 1000
+
+
+def _resume_args(data_dir: Path, run_dir: Path) -> list[str]:
+    return [
+        "fb_m",
+        "walker_noise",
+        "rnd",
+        "experiment=smoke",
+        f"--data_dir={data_dir}",
+        f"--run_dir={run_dir}",
+        "--learning_steps=40",
+        "--eval_frequency=10",
+        "train.log_interval=5",
+    ]
+
+
+def test_resume_after_kill_matches_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_cli(*_resume_args(data_dir, reference))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main_exorl.py"), *_resume_args(data_dir, resumed)],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not (resumed / "checkpoints" / "latest").exists()
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (resumed / "results.json").exists()
+    run_cli(*_resume_args(data_dir, resumed))
+    a, b = results_of(reference), results_of(resumed)
+    assert b["final"] == a["final"]
+    assert b["curve"] == a["curve"]
+    assert (resumed / "eval.csv").read_text() == (reference / "eval.csv").read_text()
+
+
+def test_sweep_with_joblib_launcher(data_dir: Path, tmp_path: Path) -> None:
+    run_cli(
+        "fb_m",
+        "walker",
+        "rnd",
+        "experiment=smoke",
+        f"--data_dir={data_dir}",
+        f"run_root={tmp_path}",
+        "train.learning_steps=2",
+        "train.eval_frequency=2",
+        "-m",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
+    finals = [results_of(tmp_path / "fb_m" / "walker" / "rnd" / "gru" / f"seed{s}")["final"] for s in (0, 1)]
+    assert finals[0]["step"] == finals[1]["step"] == 2
+    assert finals[0]["returns"] != finals[1]["returns"]  # different seeds, different runs
+
+
+def test_bad_input_exits_2_with_one_line(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        "fb_m",
+        "walker",
+        "rnd",
+        "--eval_task",
+        "dance",
+        f"--data_dir={data_dir}",
+        f"run_root={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "main_exorl.py: error: unknown task 'dance' for domain walker; accepted: stand, walk, run, flip"
+    ]
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,173 @@
+"""Bad input to main_exorl.py: exit code 2, one line naming the problem and the accepted values,
+nothing written. Also the flag -> hydra override translation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import main_exorl
+from training.config import run_config_from_dict
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    make_synthetic_dataset(root, "walker", "rnd", episodes=2, episode_length=20, seed=0)
+    return root
+
+
+def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main_exorl.cli(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["fb_x", "walker", "rnd"], "unknown algorithm 'fb_x'; accepted: fb, fb_m, hilp, hilp_m"),
+        (
+            ["fb_m", "walker_wobbly", "rnd"],
+            "unknown domain name 'walker_wobbly'; valid names: walker, walker_flickering",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "--eval_tasks", "stand", "dance"],
+            "unknown task 'dance' for domain walker; accepted: stand, walk, run, flip",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "--memory_type", "lstm"],
+            "unknown memory type 'lstm'; accepted: gru, transformer, s4d, mlp",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "memory=lstm"],
+            "Could not find 'memory/lstm'; accepted: gru, mlp, s4d, transformer",
+        ),
+        (["fb_m", "walker", "rnd", "--history_length", "0"], "history length must be >= 1, got 0"),
+        (
+            ["fb_m", "walker", "rnd", "--backward_history_length", "-1"],
+            "backward history length must be >= 1, got -1",
+        ),
+        (["fb_m", "walker", "rnd", "--eval_rollouts", "0"], "eval_rollouts must be >= 1, got 0"),
+        (
+            [
+                "fb_m",
+                "walker",
+                "proto",
+            ],
+            "missing dataset",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "--rollout_memory", "stack"],
+            "unknown rollout memory mode (train.rollout_memory) 'stack'; accepted: sliding, carry",
+        ),
+        (["fb_m", "walker", "rnd", "train.bogus=1"], "Key 'bogus' not in 'TrainSettings'"),
+        (["fb_m", "walker", "rnd", "agent.bogus=1"], "Key 'bogus' not in"),
+        (["fb", "walker", "rnd", "-m", "memory=gru,s4d"], "would share the run directory"),
+    ],
+)
+def test_bad_input(
+    args: list[str], expected: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = fail([*args, f"--data_dir={data_dir}", f"run_root={tmp_path}"], capsys)
+    assert line.startswith("main_exorl.py: error: ")
+    assert expected in line
+    assert not any(tmp_path.iterdir()), "bad input must not write anything"
+
+
+def test_missing_dataset_names_path_and_remedy(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = fail(["fb_m", "cheetah", "rnd", f"--data_dir={data_dir}", f"run_root={tmp_path}"], capsys)
+    assert str(Path(data_dir) / "cheetah" / "rnd" / "buffer" / "dataset.npz") in line
+    assert "exorl_reformatter.py cheetah_rnd" in line
+
+
+def test_incompatible_run_dir(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step_000000000").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest").write_text("step_000000000")
+    main_exorl.register_configs()
+    (values,) = main_exorl.compose_jobs(
+        [
+            "agent=fb_m",
+            "env.domain=walker",
+            "env.dataset=rnd",
+            f"env.data_dir={data_dir}",
+            f"run_dir={run_dir}",
+        ],
+        False,
+    )
+    saved = run_config_from_dict(values).to_dict()
+    saved["memory"]["name"] = "transformer"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    line = fail(["fb_m", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}"], capsys)
+    assert f"run directory {run_dir} holds a run with a different config" in line
+    assert "memory.name ('transformer' -> 'gru')" in line
+
+
+def test_translate_paper_flags() -> None:
+    overrides, multirun = main_exorl.translate(
+        [
+            "fb_m",
+            "walker_flickering",
+            "rnd",
+            "--memory_type=transformer",
+            "--eval_task",
+            "stand",
+            "run",
+            "--no-recurrent_B",
+            "--train_multipliers",
+            "1.0",
+            "2.0",
+            "--noise_std=0.1",
+            "--wandb",
+            "agent.lr_f=3e-4",
+            "-m",
+            "seed=1,2",
+        ]
+    )
+    assert multirun
+    assert overrides[:3] == ["agent=fb_m", "env.domain=walker_flickering", "env.dataset=rnd"]
+    for expected in (
+        "memory=transformer",
+        "env.eval_tasks=[stand,run]",
+        "agent.recurrent_B=false",
+        "env.train_multipliers=[1.0,2.0]",
+        "env.noise_std=0.1",
+        "logger=wandb",
+        "agent.lr_f=3e-4",
+        "seed=1,2",
+    ):
+        assert expected in overrides
+
+
+def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
+    main_exorl.register_configs()
+    (values,) = main_exorl.compose_jobs(
+        ["agent=fb_m", "env.domain=walker_flickering", "env.dataset=rnd"], False
+    )
+    cfg = main_exorl.check_job({**values, "env": {**values["env"], "data_dir": str(data_dir)}})
+    assert (cfg.memory.name, cfg.memory.history_length, cfg.memory.backward_history_length) == ("gru", 32, 8)
+    assert cfg.memory.resolved_model_dimension() == 512
+    assert cfg.agent.recurrent_F and cfg.agent.recurrent_B
+    assert (cfg.train.learning_steps, cfg.train.batch_size, cfg.train.eval_frequency) == (
+        1_000_000,
+        512,
+        20_000,
+    )
+    assert (cfg.train.eval_rollouts, cfg.train.z_inference_steps, cfg.env.episodes) == (10, 10_000, 5000)
+    assert (cfg.env.flickering_prob, cfg.env.noise_std, cfg.env.missing_sensor_prob) == (0.2, 0.2, 0.2)
+    assert cfg.seed == 42 and cfg.train.rollout_memory == "sliding" and not cfg.logger.wandb
+    assert cfg.run_dir == "runs/fb_m/walker_flickering/rnd/gru/seed42"
+    (transformer,) = main_exorl.compose_jobs(["agent=fb_m", "memory=transformer"], False)
+    assert transformer["memory"]["model_dimension"] == 32
+    (fb,) = main_exorl.compose_jobs(["agent=fb"], False)
+    assert fb["run_dir"].endswith("/none/seed42") and not fb["agent"]["recurrent_F"]
