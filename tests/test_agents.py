@@ -242,3 +242,15 @@ def test_save_load_gives_identical_actions_and_updates(name: str, tmp_path) -> N
     b = loaded.update(batch)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_checkpoint_accepts_agent_first_arguments(tmp_path) -> None:
+    agent = make_agent("fb", OBS, GOAL, ACT, small_config("fb"))
+    agent.update(synthetic_batch())
+    save_agent(agent, tmp_path / "ckpt")
+    other = make_agent("fb", OBS, GOAL, ACT, small_config("fb", seed=5))
+    assert load_agent(other, tmp_path / "ckpt") is other
+    for a, b in zip(agent.model.parameters(), other.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="agent.json"):
+        load_agent(tmp_path / "missing")
