@@ -66,7 +66,7 @@ class FakeAgent:
         self.nan_at, self.sigint_at = nan_at, sigint_at
 
     def infer_z(self, goal: torch.Tensor, goal_action: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-        return torch.full((D,), float(reward.mean()))
+        return reward.mean(0)[:, None].expand(-1, D)  # reward [N, K] -> z [K, d]
 
     def act(
         self, obs_window: torch.Tensor, prev_action_window: torch.Tensor, z: torch.Tensor

@@ -150,10 +150,9 @@ class Evaluator:
         labelled = self.buffer.sample_labelled(self.z_inference_steps, self.tasks)
         goal = labelled.goal_window.to(self.device)  # [N, L_B, goal_dim]
         goal_action = labelled.goal_action_window.to(self.device)  # [N, L_B, act_dim]
-        return {
-            task: agent.infer_z(goal, goal_action, labelled.rewards[task].to(self.device))
-            for task in self.tasks
-        }
+        rewards = torch.stack([labelled.rewards[task] for task in self.tasks], dim=1)  # [N, K]
+        z = agent.infer_z(goal, goal_action, rewards.to(self.device))  # [K, d]: one B pass for all tasks
+        return {task: z[k] for k, task in enumerate(self.tasks)}
 
     @torch.no_grad()
     def evaluate(self, agent: EvalAgent, step: int) -> EvalResult:
