@@ -9,7 +9,14 @@ Window slices of a ``data.batch.Batch`` used here (see that module):
 - pi(h_{t+1}):       obs_window[:, 1:],  prev_action_window[:, 1:]
 - F(h_{t+1}, a'):    obs_window[:, 1:],  cat(prev_action_window[:, 2:], a')
 - B(g_{t+1}):        goal_window[:, 1:], goal_action_window[:, 1:]
-- B(g_t) (z mix):    goal_window[:, :-1], goal_action_window[:, :-1]
+- B(g_t) (z mix):    goal_window[:, :-1], goal_action_window[:, :-1] (``z_mix_goal="current"`` only)
+
+z mixing (``FBConfig.z_mix_goal``): by default the mixed-in rows are the online B(g_{t+1}) of a
+permuted batch, i.e. rows of the very B that the measure loss uses, computed once per step with
+gradient and detached for z. DESIGN.md asks for "B of a randomly permuted batch goal history"; the
+reference code used g_t windows, which costs one more B pass per step (about 15 of 580 GFLOP at the
+paper config) for a distribution of goals that differs from g_{t+1} only by one step of time.
+``z_mix_goal="current"`` restores that pass.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from agents.networks import (
     build_forward,
     chunked,
     inference,
+    configure_device,
     last_rows,
+    make_adam,
     make_target,
+    maybe_compile,
     offdiag_mean,
     optimizer_step,
     polyak_update,
@@ -49,10 +59,18 @@ class FBConfig(RepresentationConfig):
     Attributes:
         lr_b: Adam learning rate of B (1e-4; a second parameter group of the F optimizer).
         ortho_coef: weight of the orthonormality regulariser on B (1).
+        z_mix_goal: goals whose B replaces a ``z_mix_ratio`` fraction of the sampled z: "next"
+            (g_{t+1}: the rows of the measure loss's online B, detached; no extra B pass) or
+            "current" (g_t windows, one more online B pass, as in the reference code).
     """
 
     lr_b: float = 1e-4
     ortho_coef: float = 1.0
+    z_mix_goal: str = "next"
+
+    def __post_init__(self) -> None:
+        if self.z_mix_goal not in ("next", "current"):
+            raise ValueError(f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}")
 
 
 def fb_measure_loss(
@@ -183,18 +201,20 @@ class FBAgent(AgentBase):
             self.model.backward_map.parameters()
         )
         self._actor_params = list(self.model.actor.parameters())
-        self.fb_optimizer = torch.optim.Adam(
+        configure_device(config, self.device)
+        self.fb_optimizer = make_adam(
             [
-                {"params": self.model.forward_map.parameters(), "lr": config.lr_f},
-                {"params": self.model.backward_map.parameters(), "lr": config.lr_b},
-            ]
+                {"params": list(self.model.forward_map.parameters()), "lr": config.lr_f},
+                {"params": list(self.model.backward_map.parameters()), "lr": config.lr_b},
+            ],
+            config.lr_f,
+            config,
+            self.device,
         )
-        self.actor_optimizer = torch.optim.Adam(self._actor_params, lr=config.lr_actor)
+        self.actor_optimizer = make_adam(self._actor_params, config.lr_actor, config, self.device)
         self._setup_generator()
-        self._fb_loss_fn, self._actor_loss_fn = self.fb_loss, self.actor_loss
-        if config.compile:
-            self._fb_loss_fn = torch.compile(self.fb_loss)
-            self._actor_loss_fn = torch.compile(self.actor_loss)
+        self._fb_loss_fn = maybe_compile(self.fb_loss, config)
+        self._actor_loss_fn = maybe_compile(self.actor_loss, config)
 
     def _modules(self) -> dict[str, nn.Module]:
         return {
@@ -207,8 +227,13 @@ class FBAgent(AgentBase):
         return {"fb": self.fb_optimizer, "actor": self.actor_optimizer}
 
     @torch.no_grad()
-    def sample_z(self, batch: Batch) -> torch.Tensor:
-        """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by online B of permuted g_t windows.
+    def sample_z(self, batch: Batch, goal_b: torch.Tensor | None = None) -> torch.Tensor:
+        """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by online B of permuted goals.
+
+        Args:
+            batch: training windows.
+            goal_b: [n, d] online B of the batch's g_{t+1} windows (``z_mix_goal="next"``); when
+                None, B is computed here (of g_{t+1} or, with ``z_mix_goal="current"``, g_t).
 
         Returns:
             z [n, d], every row of norm sqrt(d).
@@ -219,12 +244,14 @@ class FBAgent(AgentBase):
         mix = (
             torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
         )  # [n, 1]
-        rec = self.model.backward_map.recurrent
-        goal = last_rows(batch.goal_window[:, :-1], rec)[perm]  # [n, L_B or 1, g]
-        goal_action = last_rows(batch.goal_action_window[:, :-1], rec)[perm]
-        with self._autocast():
-            b = self.model.backward_map(goal, goal_action).float()  # [n, d]
-        return torch.where(mix, b, z)
+        if goal_b is None:
+            rec = self.model.backward_map.recurrent
+            window = slice(None, -1) if self.config.z_mix_goal == "current" else slice(1, None)
+            goal = last_rows(batch.goal_window[:, window], rec)  # [n, L_B or 1, g]
+            goal_action = last_rows(batch.goal_action_window[:, window], rec)
+            with self._autocast():
+                goal_b = self.model.backward_map(goal, goal_action).float()  # [n, d]
+        return torch.where(mix, goal_b.detach().float()[perm], z)
 
     def next_policy(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         """mu = pi(h_{t+1}, z) [n, A] with gradient, shared by the target action and the actor loss."""
@@ -233,8 +260,21 @@ class FBAgent(AgentBase):
         prev = last_rows(batch.prev_action_window[:, 1:], rec)  # [n, L_F or 1, a]
         return self.model.actor(obs, prev, z)
 
+    def online_backward(self, batch: Batch) -> torch.Tensor:
+        """Online B(g_{t+1}) [n, d] with gradient (the measure loss's B; its detached rows mix z)."""
+        rec = self.model.backward_map.recurrent
+        goal_next = last_rows(batch.goal_window[:, 1:], rec)  # [n, L_B, g]
+        goal_act_next = last_rows(batch.goal_action_window[:, 1:], rec)  # [n, L_B, a]
+        with self._autocast():
+            return self.model.backward_map(goal_next, goal_act_next)  # [n, d]
+
     def fb_loss(
-        self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
+        self,
+        batch: Batch,
+        z: torch.Tensor,
+        next_mu: torch.Tensor,
+        noise: torch.Tensor,
+        B: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Metrics]:
         """Measure loss + ortho regulariser for one F/B step.
 
@@ -243,6 +283,7 @@ class FBAgent(AgentBase):
             z: [n, d].
             next_mu: [n, A] pi(h_{t+1}, z), detached.
             noise: [n, A] standard normal for the target action.
+            B: [n, d] online B(g_{t+1}) with gradient (``online_backward``), or None to compute it here.
 
         Returns:
             (loss, metrics).
@@ -263,7 +304,8 @@ class FBAgent(AgentBase):
             target_M = torch.minimum(F_next[0] @ B_next.T, F_next[1] @ B_next.T)  # [n, n]
         with self._autocast():
             F = self.model.forward_map(obs_t, act_t, z)  # [2, n, d]
-            B = self.model.backward_map(goal_next, goal_act_next)  # [n, d]
+        if B is None:
+            B = self.online_backward(batch)  # [n, d]
         measure, metrics = fb_measure_loss(F, B, target_M, cfg.gamma)
         ortho, ortho_metrics = ortho_loss(B)
         metrics.update(ortho_metrics)
@@ -303,7 +345,7 @@ class FBAgent(AgentBase):
         }
 
     def update(self, batch: Batch, step: int = 0) -> Metrics:
-        """One training step: z sampling, F/B step, actor step, Polyak targets.
+        """One training step: online B(g_{t+1}), z sampling, F/B step, actor step, Polyak targets.
 
         Args:
             batch: a ``Batch`` on the agent's device.
@@ -314,11 +356,12 @@ class FBAgent(AgentBase):
         """
         cfg = self.config
         n, A = batch.batch_size, self.action_dim
-        z = self.sample_z(batch)  # [n, d]
+        B = self.online_backward(batch) if cfg.z_mix_goal == "next" else None  # [n, d], with grad
+        z = self.sample_z(batch, B)  # [n, d]
         target_noise, actor_noise = self._randn(n, A), self._randn(n, A)
         with self._autocast():
             next_mu = self.next_policy(batch, z).float()  # [n, A]
-        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), target_noise)
+        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), target_noise, B)
         optimizer_step(self.fb_optimizer, fb, self._fb_params, cfg.grad_clamp)
         actor, actor_metrics = self._actor_loss_fn(batch, z, next_mu, actor_noise)
         optimizer_step(self.actor_optimizer, actor, self._actor_params, cfg.grad_clamp)

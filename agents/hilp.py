@@ -41,8 +41,11 @@ from agents.networks import (
     build_forward,
     chunked,
     inference,
+    configure_device,
     last_rows,
+    make_adam,
     make_target,
+    maybe_compile,
     optimizer_step,
     polyak_update,
     project_to_sphere,
@@ -177,19 +180,14 @@ class HILPAgent(AgentBase):
         self._psi_params = list(self.model.forward_map.parameters())
         self._phi_params = list(self.model.phi.parameters())
         self._actor_params = list(self.model.actor.parameters())
-        self.psi_optimizer = torch.optim.Adam(self._psi_params, lr=config.lr_f)
-        self.phi_optimizer = torch.optim.Adam(self._phi_params, lr=config.lr_phi)
-        self.actor_optimizer = torch.optim.Adam(self._actor_params, lr=config.lr_actor)
+        configure_device(config, self.device)
+        self.psi_optimizer = make_adam(self._psi_params, config.lr_f, config, self.device)
+        self.phi_optimizer = make_adam(self._phi_params, config.lr_phi, config, self.device)
+        self.actor_optimizer = make_adam(self._actor_params, config.lr_actor, config, self.device)
         self._setup_generator()
-        self._sf_loss_fn, self._phi_loss_fn, self._actor_loss_fn = (
-            self.sf_loss,
-            self.phi_loss,
-            self.actor_loss,
-        )
-        if config.compile:
-            self._sf_loss_fn = torch.compile(self.sf_loss)
-            self._phi_loss_fn = torch.compile(self.phi_loss)
-            self._actor_loss_fn = torch.compile(self.actor_loss)
+        self._sf_loss_fn = maybe_compile(self.sf_loss, config)
+        self._phi_loss_fn = maybe_compile(self.phi_loss, config)
+        self._actor_loss_fn = maybe_compile(self.actor_loss, config)
 
     def _modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "target_forward": self.target_forward, "target_phi": self.target_phi}

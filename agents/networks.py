@@ -412,8 +412,16 @@ class RepresentationConfig:
         grad_clamp: element-wise gradient clamp [-c, c] before every Adam step (1.0; None: off).
         batch_size: training batch size (512); the buffer samples it, kept here for the record.
         inference_chunk: windows per forward pass in task inference (10,000 bounds memory).
-        compile: ``torch.compile`` the loss computations of ``update`` (off by default).
+        compile: ``torch.compile`` the loss computations of ``update`` (off by default; on a 2-core
+            CPU it is slower than eager at every size measured, see README "Performance").
+        compile_mode: ``torch.compile`` mode when ``compile``: None (inductor default),
+            "reduce-overhead" (CUDA graphs on a GPU: removes kernel-launch overhead of small
+            configs), "max-autotune".
         bf16: bf16 autocast around the network forwards of ``update`` (losses in fp32; off).
+        tf32: allow TF32 matmuls / convolutions on CUDA (sets the process-wide torch flags when
+            the agent is built on a CUDA device; off, no effect on the CPU).
+        fused_adam: fused Adam kernels (one kernel for all parameters; CPU and CUDA), with the
+            same update rule as the default implementation.
         seed: seed of the agent's own generator (z sampling, action noise, permutations).
     """
 
@@ -442,7 +450,10 @@ class RepresentationConfig:
     batch_size: int = 512
     inference_chunk: int = 10_000
     compile: bool = False
+    compile_mode: str | None = None
     bf16: bool = False
+    tf32: bool = False
+    fused_adam: bool = True
     seed: int = 0
 
     def memory_of(self, position: str) -> str:
@@ -502,6 +513,27 @@ def build_actor(obs_dim: int, action_dim: int, config: RepresentationConfig) -> 
         hidden_dim=config.hidden_dim,
         head_hidden_dim=config.head_hidden_dim,
     )
+
+
+def make_adam(
+    groups: list[dict[str, Any]] | list[nn.Parameter], lr: float, config: RepresentationConfig, device: torch.device
+) -> torch.optim.Adam:
+    """Adam over ``groups`` (parameters or parameter groups), fused when ``config.fused_adam`` and
+    the device supports it (CPU and CUDA)."""
+    fused = config.fused_adam and device.type in ("cpu", "cuda")
+    return torch.optim.Adam(groups, lr=lr, fused=fused or None)
+
+
+def maybe_compile(fn, config: RepresentationConfig):
+    """``torch.compile(fn, mode=config.compile_mode)`` when ``config.compile``, else fn."""
+    return torch.compile(fn, mode=config.compile_mode) if config.compile else fn
+
+
+def configure_device(config: RepresentationConfig, device: torch.device) -> None:
+    """Applies the process-wide precision flags a config asks for (TF32 on CUDA)."""
+    if config.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def make_target(module: nn.Module) -> nn.Module:

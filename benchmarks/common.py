@@ -1,0 +1,136 @@
+"""Shared benchmark helpers: timing on a shared machine, device sync, the machine's matmul limit,
+the official code's numbers (shared/BASELINES.md) and the presets measured.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# shared/BASELINES.md: the official code (enjeeneer/bfms-with-memory 98fcd17) on this machine type
+# (2-core AMD EPYC, AVX-512 BF16, torch 2.13 CPU, 2 threads). Seconds per update, GFLOP per update.
+OFFICIAL = {
+    ("paper", "fb_m", "gru"): {"s_per_update": 5.50, "gflop": 757.0},
+    ("paper", "fb_m", "transformer"): {"s_per_update": 1.96},
+    ("paper", "fb_m", "s4d"): {"s_per_update": 4.78},
+    ("paper", "fb_m", "mlp"): {"s_per_update": 0.266},
+    ("paper", "fb", "none"): {"s_per_update": 0.200, "gflop": 28.1},
+    ("small", "fb_m", "gru"): {"s_per_update": 0.044, "gflop": 2.38},
+}
+OFFICIAL_MATMUL_GFLOPS = {"fp32": 170.0, "bf16": 380.0}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark size.
+
+    Attributes:
+        name: small or paper.
+        batch: batch size.
+        history: L_F.
+        backward_history: L_B.
+        width: every width (GRU hidden, token MLP, preprocessors, F heads, actor trunk) for
+            ``small``; None keeps the paper widths (512 / 1024, memory defaults).
+    """
+
+    name: str
+    batch: int
+    history: int
+    backward_history: int
+    width: int | None
+
+    def agent_config(self, **overrides: Any) -> dict[str, Any]:
+        """Agent config dict (the paper defaults with this preset's sizes)."""
+        cfg: dict[str, Any] = {
+            "history_length": self.history,
+            "backward_history_length": self.backward_history,
+            "batch_size": self.batch,
+        }
+        if self.width is not None:
+            w = self.width
+            cfg.update(
+                hidden_dim=w,
+                head_hidden_dim=w,
+                memory_settings={
+                    "gru": {"token_dim": w, "model_dimension": w},
+                    "transformer": {"token_dim": w},
+                    "s4d": {"token_dim": w},
+                    "mlp": {"model_dimension": w},
+                },
+            )
+        cfg.update(overrides)
+        return cfg
+
+
+PRESETS = {
+    # BASELINES.md "small FB-M": GRU 128, all widths 128, batch 64, L_F 8, L_B 4.
+    "small": Preset("small", 64, 8, 4, 128),
+    # The paper: GRU 512, batch 512, L_F 32, L_B 8.
+    "paper": Preset("paper", 512, 32, 8, None),
+}
+
+
+def sync(device: torch.device | str) -> None:
+    """Waits for queued device work (CUDA); a no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, device: torch.device | str = "cpu", warmup: int = 1) -> list[float]:
+    """Seconds of ``repeats`` calls of fn after ``warmup`` calls (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: list[float]) -> dict[str, float]:
+    """best (least disturbed on a shared machine) and median seconds."""
+    return {"best_s": min(times), "median_s": statistics.median(times), "n": len(times)}
+
+
+def matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, device: str = "cpu", seconds: float = 1.0) -> float:
+    """Measured dense matmul rate (GFLOP/s) of size x size @ size x size (best of ~``seconds``)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    flop = 2 * size**3
+    a @ b
+    sync(device)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / 4)
+    return flop / best / 1e9
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers come from: CPU/GPU, threads, torch version, load."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["loadavg_1m"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
