@@ -516,7 +516,10 @@ def build_actor(obs_dim: int, action_dim: int, config: RepresentationConfig) -> 
 
 
 def make_adam(
-    groups: list[dict[str, Any]] | list[nn.Parameter], lr: float, config: RepresentationConfig, device: torch.device
+    groups: list[dict[str, Any]] | list[nn.Parameter],
+    lr: float,
+    config: RepresentationConfig,
+    device: torch.device,
 ) -> torch.optim.Adam:
     """Adam over ``groups`` (parameters or parameter groups), fused when ``config.fused_adam`` and
     the device supports it (CPU and CUDA)."""

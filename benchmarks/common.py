@@ -83,7 +83,9 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, device: torch.device | str = "cpu", warmup: int = 1) -> list[float]:
+def time_calls(
+    fn: Callable[[], Any], repeats: int, device: torch.device | str = "cpu", warmup: int = 1
+) -> list[float]:
     """Seconds of ``repeats`` calls of fn after ``warmup`` calls (device-synchronised)."""
     for _ in range(warmup):
         fn()
@@ -102,7 +104,9 @@ def summarise(times: list[float]) -> dict[str, float]:
     return {"best_s": min(times), "median_s": statistics.median(times), "n": len(times)}
 
 
-def matmul_gflops(size: int = 1024, dtype: torch.dtype = torch.float32, device: str = "cpu", seconds: float = 1.0) -> float:
+def matmul_gflops(
+    size: int = 1024, dtype: torch.dtype = torch.float32, device: str = "cpu", seconds: float = 1.0
+) -> float:
     """Measured dense matmul rate (GFLOP/s) of size x size @ size x size (best of ~``seconds``)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

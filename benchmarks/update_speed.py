@@ -55,7 +55,9 @@ def synthetic_batch(preset: Preset, device: torch.device | str, seed: int = 0) -
 def build(algo: str, memory: str, preset: Preset, mode: str, device: torch.device | str, **overrides: Any):
     """The agent of ``algo`` with ``memory`` at ``preset`` in ``mode`` (eager / compiled / bf16...)."""
     compile_, bf16 = MODES[mode]
-    cfg = preset.agent_config(memory_type=memory if algo.endswith("_m") else "gru", compile=compile_, bf16=bf16)
+    cfg = preset.agent_config(
+        memory_type=memory if algo.endswith("_m") else "gru", compile=compile_, bf16=bf16
+    )
     cfg.update(overrides)
     return make_agent(algo, OBS, GOAL, ACT, cfg, device=device)
 
@@ -101,7 +103,9 @@ class _PhaseClock:
         return wrapped
 
 
-def time_split(agent: Any, preset: Preset, steps: int, device: torch.device | str, log_interval: int = 1000) -> dict[str, float]:
+def time_split(
+    agent: Any, preset: Preset, steps: int, device: torch.device | str, log_interval: int = 1000
+) -> dict[str, float]:
     """Median seconds of each part of one training step, as the trainer runs it.
 
     Parts: ``sampling`` (``SequenceBuffer.sample`` from a random walker dataset on the device),
@@ -118,7 +122,9 @@ def time_split(agent: Any, preset: Preset, steps: int, device: torch.device | st
 
     module = agents.fb if hasattr(agent, "fb_optimizer") else agents.hilp
     hilp = module is agents.hilp
-    parts: dict[str, list[float]] = {k: [] for k in ("sampling", "representation", "actor", "target", "logging")}
+    parts: dict[str, list[float]] = {
+        k: [] for k in ("sampling", "representation", "actor", "target", "logging")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = random_dataset(Path(tmp), episodes=10)
         buffer = SequenceBuffer(
@@ -164,7 +170,9 @@ def time_split(agent: Any, preset: Preset, steps: int, device: torch.device | st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=list(PRESETS), default="small")
     parser.add_argument("--algos", nargs="+", default=["fb", "fb_m", "hilp_m"])
     parser.add_argument("--memories", nargs="+", default=["gru", "transformer", "s4d", "mlp"])
@@ -184,7 +192,11 @@ def main() -> None:
             for mode in args.modes:
                 agent = build(algo, memory, preset, mode, args.device)
                 r = time_updates(agent, batch, args.steps, args.device)
-                gflop = count_gflop(build(algo, memory, preset, "eager", args.device), batch) if args.flops else float("nan")
+                gflop = (
+                    count_gflop(build(algo, memory, preset, "eager", args.device), batch)
+                    if args.flops
+                    else float("nan")
+                )
                 print(
                     f"| {algo} | {memory} | {mode} | {r['best_s']:.4f} | {r['median_s']:.4f} | "
                     f"{1 / r['best_s']:.2f} | {r['warmup_s']:.1f} | {gflop:.1f} |",
