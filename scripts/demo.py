@@ -7,8 +7,8 @@ pipeline (scaled down by the ``experiment=demo`` preset; about 5-10 minutes on 2
 1. ``exorl_reformatter.py walker_random --collect``: 100 episodes x 1000 steps of uniform random
    actions in the real walker, reformatted with every task reward relabelled from physics. (The
    paper's datasets are ExORL RND ones; the local RND explorer is too slow for a CPU demo.)
-2. ``main_exorl.py fb_m walker_flickering random experiment=demo --memory_type gru``: 4000
-   gradient steps, evaluated at steps 0, 1000, ..., 4000 with 5 full 1000-step episodes per task.
+2. ``main_exorl.py fb_m walker_flickering random experiment=demo --memory_type gru``: 3000
+   gradient steps, evaluated at steps 0, 1000, 2000, 3000 with 5 full 1000-step episodes per task.
 3. ``plot_results.py``: the result table (``report.md``) and ``learning_curves.png``.
 
 Outputs go to ``runs/demo/`` (the demo's own run directory is replaced on each call; pass
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--data_dir", default="datasets", help="dataset root (default: datasets)")
     parser.add_argument("--out", default="runs/demo", help="demo output directory (default: runs/demo)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes to collect (default 100)")
-    parser.add_argument("--learning_steps", type=int, default=4000, help="gradient steps (default 4000)")
+    parser.add_argument("--learning_steps", type=int, default=3000, help="gradient steps (default 3000)")
     parser.add_argument(
         "--keep", action="store_true", help="continue an earlier demo run instead of replacing it"
     )

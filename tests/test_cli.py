@@ -170,3 +170,42 @@ def test_bad_input_exits_2_with_one_line(data_dir: Path, tmp_path: Path) -> None
         "main_exorl.py: error: unknown task 'dance' for domain walker; accepted: stand, walk, run, flip"
     ]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_wandb_offline_without_account(data_dir: Path, tmp_path: Path) -> None:
+    run_cli(
+        "fb_m",
+        "walker",
+        "rnd",
+        "experiment=smoke",
+        f"--data_dir={data_dir}",
+        f"--run_dir={tmp_path}",
+        "--wandb",
+    )
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert results_of(tmp_path)["final"]["step"] == 6
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_rerun_continues(data_dir: Path, tmp_path: Path) -> None:
+    args = [*_resume_args(data_dir, tmp_path), "--learning_steps=400", "--eval_frequency=200"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main_exorl.py"), *args],
+        cwd=ROOT,
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted (SIGINT at step" in stderr
+    step = int((tmp_path / "checkpoints" / "latest").read_text().split("_")[1])
+    assert 0 < step < 400
+    run_cli(*args)
+    assert results_of(tmp_path)["final"]["step"] == 400

@@ -171,3 +171,39 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     assert transformer["memory"]["model_dimension"] == 32
     (fb,) = main_exorl.compose_jobs(["agent=fb"], False)
     assert fb["run_dir"].endswith("/none/seed42") and not fb["agent"]["recurrent_F"]
+
+
+def test_launcher_configs_compose() -> None:
+    from hydra import compose, initialize_config_dir
+
+    main_exorl.register_configs()
+    with initialize_config_dir(config_dir=str(main_exorl.CONFIG_DIR), version_base="1.3"):
+        slurm = compose(
+            config_name="config", overrides=["hydra/launcher=submitit_slurm_bfm"], return_hydra_config=True
+        )
+        joblib = compose(config_name="config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+    assert slurm.hydra.launcher.gpus_per_node == 1 and "SlurmLauncher" in slurm.hydra.launcher._target_
+    assert "JoblibLauncher" in joblib.hydra.launcher._target_
+
+
+def test_every_paper_command_is_valid() -> None:
+    import shlex
+    import subprocess
+
+    from training import builders, config
+
+    script = Path(main_exorl.__file__).parent / "experiments" / "paper_commands.sh"
+    lines = subprocess.run(
+        ["bash", str(script), "--dry-run"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    commands = [shlex.split(line)[2:] for line in lines if " main_exorl.py " in line]
+    assert len(commands) >= 50
+    main_exorl.register_configs()
+    for argv in commands:
+        overrides, multirun = main_exorl.translate(argv)
+        assert multirun and overrides[-1].startswith("seed=")
+        (values,) = main_exorl.compose_jobs(overrides[:-1], False)
+        cfg = config.run_config_from_dict(values)
+        config.validate_names(cfg)
+        builders.make_env(cfg)
+        builders.agent_config(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import secrets
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _start_wandb(run_dir: Path, settings: LoggerSettings, config: dict[str, Any]
 
     os.environ.setdefault("WANDB_SILENT", "true")
     run_id_file = run_dir / "wandb_run_id.txt"
-    run_id = run_id_file.read_text().strip() if run_id_file.exists() else wandb.util.generate_id()
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else secrets.token_hex(4)
     run_id_file.write_text(run_id)
     run = wandb.init(
         project=settings.project,

@@ -69,26 +69,28 @@ class Trainer:
         self._stop_signal: int | None = None
         self._last_checkpoint: tuple[int, Path] | None = None
         self._last_eval: EvalResult | None = None
+        self._tick: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last train.csv row
 
     def run(self, resume_from: Path | None = None) -> dict[str, Any]:
         """Trains to ``learning_steps`` (from the checkpoint when given) and returns results.json."""
         step = self._start(resume_from)
         total = self.cfg.train.learning_steps
         with self._signal_handlers(), self._progress(step, total) as bar:
-            tick = (time.perf_counter(), step)
+            self._tick = (time.perf_counter(), step)
             while step < total:
                 step += 1
                 self._update(step)
                 bar.update(1)
                 at_eval = step % self.cfg.train.eval_frequency == 0 or step == total
                 if at_eval or step % self.cfg.train.log_interval == 0:
-                    tick = self._flush(step, tick)
+                    self._flush(step)
                 if at_eval:
                     self._evaluate(step, bar)
                     if self.cfg.train.checkpoint_every_eval or step == total:
                         self._checkpoint(step)
+                    self._tick = (time.perf_counter(), step)  # updates/s excludes evaluation time
                 if self._stop_signal is not None:
-                    self._interrupt(step, at_eval)
+                    self._interrupt(step)
         results = self.write_results(step)
         self.logger.close()
         return results
@@ -110,12 +112,12 @@ class Trainer:
         metrics = self.agent.update(batch, step)
         self.logger.accumulate(metrics)
 
-    def _flush(self, step: int, tick: tuple[float, int]) -> tuple[float, int]:
+    def _flush(self, step: int) -> None:
         """Checks the pending metrics for non-finite values, then writes a train.csv row."""
         bad = self.logger.first_nonfinite()
         if bad is not None:
             offset, name, value = bad
-            bad_step = tick[1] + 1 + offset
+            bad_step = self._tick[1] + 1 + offset
             where = (
                 "no checkpoint"
                 if self._last_checkpoint is None
@@ -125,9 +127,9 @@ class Trainer:
                 f"non-finite loss at step {bad_step}: train/{name} = {value}; run stopped; {where}"
             )
         now = time.perf_counter()
-        rate = (step - tick[1]) / max(now - tick[0], 1e-9)
+        rate = (step - self._tick[1]) / max(now - self._tick[0], 1e-9)
         self.logger.flush_train(step, {"time/updates_per_second": rate})
-        return now, step
+        self._tick = (now, step)
 
     def _evaluate(self, step: int, bar: tqdm | None) -> EvalResult:
         result = self.evaluator.evaluate(self.agent, step)
@@ -148,11 +150,11 @@ class Trainer:
         path = save_checkpoint(self.run_dir, step, self.agent, self.buffer)
         self._last_checkpoint = (step, path)
 
-    def _interrupt(self, step: int, checkpointed: bool) -> None:
+    def _interrupt(self, step: int) -> None:
         """Saves a checkpoint at ``step`` (unless one was just written) and stops the run."""
-        if not checkpointed:
+        if self._last_checkpoint is None or self._last_checkpoint[0] != step:
             if self.logger.has_pending():
-                self._flush(step, (time.perf_counter(), step))
+                self._flush(step)
             self._checkpoint(step)
         self.logger.close()
         name = signal.Signals(self._stop_signal).name
