@@ -132,6 +132,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         info["loadavg_1m"] = os.getloadavg()[0]

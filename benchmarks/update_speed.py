@@ -130,6 +130,7 @@ def time_split(
         buffer = SequenceBuffer(
             path, "walker", None, preset.history, preset.backward_history, seed=0, device=device
         )
+        (Path(tmp) / "run").mkdir()
         logger = MetricLogger(Path(tmp) / "run", LoggerSettings(wandb=False), {}, "bench")
         clock = _PhaseClock(device)
         originals = module.optimizer_step, module.polyak_update
