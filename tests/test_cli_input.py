@@ -169,6 +169,10 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     assert cfg.run_dir == "runs/fb_m/walker_flickering/rnd/gru/seed42"
     (transformer,) = main_exorl.compose_jobs(["agent=fb_m", "memory=transformer"], False)
     assert transformer["memory"]["model_dimension"] == 32
+    (smoke,) = main_exorl.compose_jobs(["agent=fb_m", "experiment=smoke"], False)
+    assert (
+        smoke["torch_threads"] == 1 and smoke["train"]["learning_steps"] == 6
+    )  # presets override top-level keys
     (fb,) = main_exorl.compose_jobs(["agent=fb"], False)
     assert fb["run_dir"].endswith("/none/seed42") and not fb["agent"]["recurrent_F"]
 
