@@ -180,3 +180,17 @@ def test_csv_writer_grows_columns_and_truncates(tmp_path: Path) -> None:
     assert CSVWriter(tmp_path / "x.csv").columns == ["step", "a", "b"]
     writer.truncate_after(2)
     assert [r["step"] for r in writer.read()] == ["1", "2"] and writer.read()[0]["b"] == ""
+
+
+def test_sliding_window_zero_padding() -> None:
+    class StartAtFive(FakeEnv):
+        def reset(self) -> np.ndarray:
+            return np.full((len(self.episode_keys), OBS), 5.0, np.float32)
+
+    agent = FakeAgent()
+    evaluator = Evaluator(
+        lambda seed: StartAtFive(["a"], rollouts=1), FakeBuffer(), ["a"], 3, ACT, 8, pad_with_zeros=True
+    )
+    evaluator.evaluate(agent, step=0)
+    assert agent.windows[0][0][0, :, 0].tolist() == [0.0, 0.0, 5.0]
+    assert agent.windows[1][0][0, :, 0].tolist() == [0.0, 5.0, 1.0]

@@ -204,6 +204,7 @@ def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.d
         z_inference_steps=cfg.train.z_inference_steps,
         rollout_memory=cfg.train.rollout_memory,
         episode_length=cfg.train.eval_episode_length,
+        pad_with_zeros=cfg.env.pad_with_zeros,
         seed=cfg.seed,
         device=device,
     )

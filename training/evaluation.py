@@ -111,6 +111,8 @@ class Evaluator:
         z_inference_steps: labelled windows per task inference.
         rollout_memory: ``sliding`` or ``carry``.
         episode_length: environment steps per episode (None: until the environment says done).
+        pad_with_zeros: pad the sliding window's pre-episode slots with zero observations (as the
+            buffer does with ``pad_with_zeros``) instead of repeating the first observation.
         seed: base seed; each evaluation uses ``seed + step`` for its environments, so a resumed
             run evaluates exactly like an uninterrupted one.
         device: device of the agent.
@@ -126,6 +128,7 @@ class Evaluator:
         z_inference_steps: int,
         rollout_memory: str = "sliding",
         episode_length: int | None = None,
+        pad_with_zeros: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -137,6 +140,7 @@ class Evaluator:
         self.z_inference_steps = z_inference_steps
         self.rollout_memory = rollout_memory
         self.episode_length = episode_length
+        self.pad_with_zeros = pad_with_zeros
         self.seed = seed
         self.device = torch.device(device)
 
@@ -180,6 +184,8 @@ class Evaluator:
             state = agent.initial_actor_state(n)
         else:
             obs_window = obs[:, None].repeat(1, self.history_length, 1)  # [N, L_F, o]
+            if self.pad_with_zeros:
+                obs_window[:, :-1] = 0.0
             action_window = torch.zeros(
                 n, self.history_length, self.action_dim, device=self.device
             )  # [N, L_F, a]
