@@ -46,9 +46,31 @@ class GRUMemory(MemoryModel):
 
     def _run(self, tokens: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         features = self.token_mlp(tokens)  # [B, L, token_dim]
+        if h is None and self.num_layers == 1:
+            # From the empty state h_0 = 0, W_hh h_0 = 0: the first step needs no hidden-state
+            # product (nor its weight gradient), which the fused call would compute anyway.
+            h1 = self._first_step(features[:, 0])  # [B, hidden]
+            if features.shape[1] == 1:
+                return h1[:, None]  # [B, 1, hidden]
+            _, h_n = self.gru(features[:, 1:], h1[None].to(features.dtype))  # [1, B, hidden]
+            return h_n.transpose(0, 1)  # [B, 1, hidden]
         hx = None if h is None else h.transpose(0, 1).contiguous()  # [layers, B, hidden]
         _, h_n = self.gru(features, hx)  # [layers, B, hidden]
         return h_n.transpose(0, 1)  # [B, layers, hidden]
+
+    def _first_step(self, x: torch.Tensor) -> torch.Tensor:
+        """GRU layer 0 from h = 0 on x [B, token_dim]: torch's GRU equations with W_hh h = 0.
+
+        r = sigma(W_ir x + b_ir + b_hr), u = sigma(W_iz x + b_iz + b_hz),
+        n = tanh(W_in x + b_in + r * b_hn), h' = (1 - u) * n.
+        """
+        gi = nn.functional.linear(x, self.gru.weight_ih_l0, self.gru.bias_ih_l0)  # [B, 3 hidden]
+        b_r, b_u, b_n = self.gru.bias_hh_l0.to(gi.dtype).chunk(3)  # [hidden] each
+        i_r, i_u, i_n = gi.chunk(3, dim=-1)  # [B, hidden] each
+        r = torch.sigmoid(i_r + b_r)
+        u = torch.sigmoid(i_u + b_u)
+        n = torch.tanh(i_n + r * b_n)
+        return (1 - u) * n  # [B, hidden]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Summarises tokens [B, L, in] into [B, out]."""
