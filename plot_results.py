@@ -101,20 +101,30 @@ def find_runs(paths: list[str]) -> list[Run]:
     return runs
 
 
+def mean_of_task_iqms(scores: np.ndarray) -> float:
+    """Mean over tasks of each task's IQM over runs (the headline of results.json for one run)."""
+    from rliable.metrics import aggregate_iqm
+
+    return float(np.mean([aggregate_iqm(scores[:, j]) for j in range(scores.shape[1])]))
+
+
 def stratified_bootstrap_ci(
-    scores: np.ndarray, reps: int, seed: int = 0, size: float = 0.95
+    scores: np.ndarray, reps: int, seed: int = 0, size: float = 0.95, aggregate: Any = None
 ) -> tuple[float, float, float]:
-    """IQM over runs x tasks with a percentile CI from resampling runs within each task.
+    """An aggregate (default: IQM over runs x tasks) with a percentile CI from resampling runs
+    within each task.
 
     Args:
         scores: [runs, tasks].
         reps: bootstrap replications.
+        aggregate: [runs, tasks] -> float (default ``rliable.metrics.aggregate_iqm``).
 
     Returns:
         (point estimate, lower, upper).
     """
     from rliable.metrics import aggregate_iqm
 
+    aggregate_iqm = aggregate or aggregate_iqm
     rng = np.random.default_rng(seed)
     runs, tasks = scores.shape
     point = float(aggregate_iqm(scores))
@@ -170,6 +180,9 @@ def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[d
                 "seeds": len(group),
                 "normalised": bool(reference),
                 "iqm": point,
+                "mean_of_tasks": stratified_bootstrap_ci(valid, reps, aggregate=mean_of_task_iqms)
+                if valid.size
+                else (float("nan"),) * 3,
                 "ci": (lo, hi),
                 "per_task": per_task,
                 "runs": group,
@@ -215,7 +228,9 @@ def markdown(rows: list[dict[str, Any]], which: str) -> str:
         lines += [
             f"| {t} | {_cell(p, (lo, hi), r['normalised'])} |" for t, (p, lo, hi) in r["per_task"].items()
         ]
-        lines.append(f"| **mean over tasks (IQM)** | {_cell(r['iqm'], r['ci'], r['normalised'])} |")
+        lines.append(f"| **IQM over runs x tasks** | {_cell(r['iqm'], r['ci'], r['normalised'])} |")
+        mean, lo, hi = r["mean_of_tasks"]
+        lines.append(f"| **mean over tasks of the task IQMs** | {_cell(mean, (lo, hi), r['normalised'])} |")
     return "\n".join(lines) + "\n"
 
 
