@@ -241,6 +241,8 @@ def _agent_schema(cls_name: str) -> Any:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             if isinstance(default, tuple):
                 default = list(default)
+            if f.name in builders.DOMAIN_DEPENDENT_FIELDS:
+                default = None  # filled per domain by builders.domain_defaults unless set
             extra.append((f.name, Any, dataclasses.field(default_factory=lambda d=default: d)))
     fields = [(n, Any, dataclasses.field(default=d)) for n, _, d in own] + extra
     return dataclasses.make_dataclass(f"{cls_name}Schema", fields)

@@ -211,3 +211,21 @@ def test_every_paper_command_is_valid() -> None:
         config.validate_names(cfg)
         builders.make_env(cfg)
         builders.agent_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gamma_phi", "sf_loss"),
+    [
+        (["agent=hilp_m", "env.domain=walker_flickering"], 0.96, "vector"),
+        (["agent=hilp", "env.domain=quadruped_noise"], 0.98, "scalar"),
+        (["agent=hilp_m", "env.domain=cheetah"], 0.98, "vector"),
+        (["agent=hilp_m", "env.domain=walker", "agent.gamma_phi=0.9", "agent.sf_loss=scalar"], 0.9, "scalar"),
+    ],
+)
+def test_hilp_domain_defaults_unless_set(overrides: list[str], gamma_phi: float, sf_loss: str) -> None:
+    from training import builders, config
+
+    main_exorl.register_configs()
+    (values,) = main_exorl.compose_jobs(overrides, False)
+    agent_config = builders.agent_config(config.run_config_from_dict(values))
+    assert (agent_config.gamma_phi, agent_config.sf_loss) == (gamma_phi, sf_loss)

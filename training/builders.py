@@ -130,7 +130,10 @@ def agent_config(cfg: RunConfig) -> Any:
         raise ConfigError(
             f"unknown agent setting(s) {', '.join('agent.' + k for k in unknown)}; accepted: {', '.join(sorted(names))}"
         )
-    values.update(cfg.agent.overrides)
+    # None on a domain-dependent field means "the domain's default" (the CLI schema's default).
+    values.update(
+        {k: v for k, v in cfg.agent.overrides.items() if not (k in DOMAIN_DEPENDENT_FIELDS and v is None)}
+    )
     return config_cls(**values)
 
 
@@ -158,6 +161,9 @@ def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "batch_size": cfg.train.batch_size,
     }
+
+
+DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = ("gamma_phi", "sf_loss")
 
 
 def domain_defaults(cfg: RunConfig) -> dict[str, Any]:
