@@ -229,3 +229,14 @@ def test_hilp_domain_defaults_unless_set(overrides: list[str], gamma_phi: float,
     (values,) = main_exorl.compose_jobs(overrides, False)
     agent_config = builders.agent_config(config.run_config_from_dict(values))
     assert (agent_config.gamma_phi, agent_config.sf_loss) == (gamma_phi, sf_loss)
+
+
+def test_resume_false_refuses_a_checkpointed_run_dir(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step_000000003").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest").write_text("step_000000003")
+    argv = ["fb_m", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}", "resume=false"]
+    line = fail(argv, capsys)
+    assert "already holds a checkpoint (step_000000003); pass resume=true" in line
