@@ -236,13 +236,19 @@ def parse_base_domain(name: str) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Best-effort conversion of a manifest to JSON types (numpy scalars and arrays, paths)."""
+    """Best-effort conversion of a manifest to JSON types (numpy scalars and arrays, paths).
+
+    Lists longer than 20 items (per-episode file names, checksums) are summarised by their count,
+    first and last items, so results.json stays small for 10,000-episode datasets.
+    """
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not isinstance(value, str | int | float | bool):
+        value = value.tolist()
     if isinstance(value, list | tuple):
+        if len(value) > 20:
+            return {"count": len(value), "first": _jsonable(value[0]), "last": _jsonable(value[-1])}
         return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
