@@ -528,8 +528,19 @@ def make_adam(
 
 
 def maybe_compile(fn, config: RepresentationConfig):
-    """``torch.compile(fn, mode=config.compile_mode)`` when ``config.compile``, else fn."""
-    return torch.compile(fn, mode=config.compile_mode) if config.compile else fn
+    """``torch.compile(fn, mode=config.compile_mode)`` when ``config.compile``, else fn.
+
+    Sets ``torch._dynamo.config.allow_rnn`` (process-wide) so that the GRU memory is traced into
+    the graph instead of breaking it (dynamo's default for ``nn.GRU``), and raises the
+    recompile limit: each agent's loss functions are compiled per grad mode and call site.
+    """
+    if not config.compile:
+        return fn
+    import torch._dynamo
+
+    torch._dynamo.config.allow_rnn = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    return torch.compile(fn, mode=config.compile_mode)
 
 
 def configure_device(config: RepresentationConfig, device: torch.device) -> None:
