@@ -209,3 +209,20 @@ def test_ctrl_c_checkpoints_and_rerun_continues(data_dir: Path, tmp_path: Path) 
     assert 0 < step < 400
     run_cli(*args)
     assert results_of(tmp_path)["final"]["step"] == 400
+
+
+def test_carry_rollouts_on_occluded_observations(data_dir: Path, tmp_path: Path) -> None:
+    run_cli(
+        "fb_m",
+        "walker_occluded",
+        "rnd",
+        "experiment=smoke",
+        f"--data_dir={data_dir}",
+        f"run_root={tmp_path}",
+        "--rollout_memory=carry",
+        "-m",
+        "memory=gru,s4d",
+    )
+    for memory in ("gru", "s4d"):
+        results = results_of(tmp_path / "fb_m" / "walker_occluded" / "rnd" / memory / "seed42")
+        assert results["rollout_memory"] == "carry" and results["finite"]
