@@ -9,8 +9,7 @@ episodes; where the matching fully observed runs exist (same method and dataset,
 the POMDP suffix) scores are divided by their mean per-task score and reported in percent, as in
 the paper. Aggregates are the IQM over runs x tasks (``rliable.metrics.aggregate_iqm``) with 95 %
 stratified-bootstrap confidence intervals (runs resampled with replacement within each task,
-percentile interval; the procedure of ``rliable.library.get_interval_estimates``, reimplemented
-because rliable's ``library`` module fails to import with pandas 3 / arch 7).
+percentile interval, ``rliable.library.get_interval_estimates``).
 
 Writes ``report.md`` (overall table shaped like the paper's, plus per-task tables),
 ``learning_curves.png`` and ``iqm_bars.png`` into ``--out``, and prints the markdown.
@@ -111,28 +110,33 @@ def mean_of_task_iqms(scores: np.ndarray) -> float:
 def stratified_bootstrap_ci(
     scores: np.ndarray, reps: int, seed: int = 0, size: float = 0.95, aggregate: Any = None
 ) -> tuple[float, float, float]:
-    """An aggregate (default: IQM over runs x tasks) with a percentile CI from resampling runs
-    within each task.
+    """An aggregate (default: IQM over runs x tasks) with rliable's stratified-bootstrap CI.
+
+    Runs are resampled with replacement within each task (``rliable.library.get_interval_estimates``,
+    percentile interval).
 
     Args:
         scores: [runs, tasks].
         reps: bootstrap replications.
+        seed: seed of the bootstrap's random state.
+        size: confidence level.
         aggregate: [runs, tasks] -> float (default ``rliable.metrics.aggregate_iqm``).
 
     Returns:
         (point estimate, lower, upper).
     """
+    from rliable import library
     from rliable.metrics import aggregate_iqm
 
-    aggregate_iqm = aggregate or aggregate_iqm
-    rng = np.random.default_rng(seed)
-    runs, tasks = scores.shape
-    point = float(aggregate_iqm(scores))
-    idx = rng.integers(0, runs, size=(reps, runs, tasks))  # [reps, runs, tasks]
-    resampled = np.take_along_axis(scores[None].repeat(reps, 0), idx, axis=1)  # [reps, runs, tasks]
-    stats = np.array([aggregate_iqm(r) for r in resampled])
-    lo, hi = np.percentile(stats, [100 * (1 - size) / 2, 100 * (1 + size) / 2])
-    return point, float(lo), float(hi)
+    aggregate = aggregate or aggregate_iqm
+    points, intervals = library.get_interval_estimates(
+        {"scores": scores},
+        lambda x: np.array([aggregate(x)]),
+        reps=reps,
+        confidence_interval_size=size,
+        random_state=np.random.RandomState(seed),
+    )
+    return float(points["scores"][0]), float(intervals["scores"][0, 0]), float(intervals["scores"][1, 0])
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
