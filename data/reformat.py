@@ -132,8 +132,8 @@ def reformat(
         arrays = _load_episodes(files, (info.obs_dim, info.action_dim, info.physics_dim), length, workers)
         read_s = time.perf_counter() - start
         physics = arrays["physics"].reshape(-1, info.physics_dim)
-        rewards = relabel(domain, physics, tasks=info.tasks, multiplier=float(multiplier), workers=workers)
-        for task in info.tasks:
+        rewards = relabel(domain, physics, tasks=info.reward_tasks, multiplier=float(multiplier), workers=workers)
+        for task in info.reward_tasks:
             arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
         relabel_s = time.perf_counter() - start - read_s
         manifest = {
@@ -142,7 +142,7 @@ def reformat(
             "multiplier": float(multiplier),
             "episodes": len(files),
             "episode_length": length,
-            "tasks": list(info.tasks),
+            "tasks": list(info.reward_tasks),
             "episode_files": names,
             "episode_indices": [parse_episode_name(f)[0] for f in files],
             "settings": {"episodes_requested": episodes, "raw_episodes_available": len(all_files)},

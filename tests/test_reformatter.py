@@ -49,7 +49,7 @@ def test_reformat_round_trip(tmp_path, raw_episodes):
     assert out == dataset_path(tmp_path, DOMAIN, "rnd")
     manifest = read_manifest(out)
     assert manifest["episode_indices"] == [2, 9] and manifest["episodes"] == 2
-    assert manifest["tasks"] == list(INFO.tasks) and manifest["source"]["kind"] == "raw-folder"
+    assert manifest["tasks"] == list(INFO.reward_tasks) and manifest["source"]["kind"] == "raw-folder"
     verify_dataset(out)
     with np.load(out, allow_pickle=False) as data:
         assert (
@@ -62,7 +62,7 @@ def test_reformat_round_trip(tmp_path, raw_episodes):
             np.testing.assert_array_equal(data["action"][i], source["action"])
             # walker's collection task is stand: the relabelled reward equals the online reward.
             np.testing.assert_allclose(data["reward_stand"][i, 1:], source["reward"][1:, 0], atol=1e-5)
-        assert all(data[f"reward_{t}"].shape == (2, LENGTH + 1) for t in INFO.tasks)
+        assert all(data[f"reward_{t}"].shape == (2, LENGTH + 1) for t in INFO.reward_tasks)
     stamp = out.stat().st_mtime_ns
     reformat(folder, DOMAIN, "rnd", episodes=2, workers=1)  # nothing new: nothing happens
     assert out.stat().st_mtime_ns == stamp
@@ -70,6 +70,21 @@ def test_reformat_round_trip(tmp_path, raw_episodes):
     assert read_manifest(out)["episode_indices"] == [2, 9, 10] and not list_episode_files(folder)
     buffer = SequenceBuffer(out, DOMAIN, None, 4, 2, seed=0)
     assert buffer.num_episodes == 3 and buffer.episode_length == LENGTH
+
+
+def test_reformat_relabels_every_task_with_a_reward(tmp_path):
+    """Quadruped walk and run are not paper evaluation tasks but have rewards: they are relabelled too."""
+    from data import make_synthetic_dataset
+    from envs import relabel
+
+    out = make_synthetic_dataset(tmp_path, "quadruped", "rnd", episodes=1, episode_length=10, seed=0)
+    info = DOMAINS["quadruped"]
+    assert set(info.reward_tasks) - set(info.tasks) == {"walk", "run"}
+    assert read_manifest(out)["tasks"] == list(info.reward_tasks)
+    with np.load(out, allow_pickle=False) as data:
+        expected = relabel("quadruped", data["physics"][0], tasks=["walk", "run"])
+        for task in ("walk", "run"):
+            np.testing.assert_array_equal(data[f"reward_{task}"][0], expected[task])
 
 
 def test_reformat_bad_episodes(tmp_path, raw_episodes):

@@ -61,8 +61,9 @@ def make_env(cfg: RunConfig) -> EnvSetup:
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    known = tuple(envs.DOMAINS[spec.domain].tasks)
-    tasks = list(cfg.env.eval_tasks) or list(known)
+    info = envs.DOMAINS[spec.domain]
+    known = info.reward_tasks  # the paper's tasks (the default) and any other task with a reward
+    tasks = list(cfg.env.eval_tasks) or list(info.tasks)
     for task in tasks:
         if task not in known:
             raise ConfigError(f"unknown task {task!r} for domain {spec.domain}; accepted: {', '.join(known)}")

@@ -285,7 +285,13 @@ def validate_names(cfg: RunConfig) -> None:
     _choice(cfg.agent.name, ALGORITHMS, "algorithm")
     _choice(cfg.memory.name, MEMORY_TYPES, "memory type")
     _choice(cfg.train.rollout_memory, ROLLOUT_MEMORY_MODES, "rollout memory mode (train.rollout_memory)")
+    memory_free = cfg.agent.name in ("fb", "hilp")
     checks = [
+        (
+            not (memory_free and (cfg.agent.recurrent_F or cfg.agent.recurrent_B)),
+            f"{cfg.agent.name} is memory-free; use {cfg.agent.name}_m for memory in F/pi or B "
+            "(--recurrent_F / --recurrent_B)",
+        ),
         (cfg.memory.history_length >= 1, f"history length must be >= 1, got {cfg.memory.history_length}"),
         (
             cfg.memory.backward_history_length >= 1,
