@@ -334,8 +334,9 @@ class SequenceBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the generators saved by ``state_dict``."""
-        self.generator.set_state(state["generator"])
-        self.labelled_generator.set_state(state["labelled_generator"])
+        """Restore the generators saved by ``state_dict`` (a generator missing from ``state`` is kept)."""
+        for name in ("generator", "labelled_generator"):
+            if name in state:
+                getattr(self, name).set_state(state[name])
         for rng, rng_state in zip(self._np_rngs, state["np_rngs"], strict=True):
             rng.bit_generator.state = rng_state

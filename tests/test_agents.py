@@ -11,7 +11,7 @@ from agents import FBConfig, HILPConfig, make_agent
 from agents.fb import fb_measure_loss, ortho_loss
 from agents.networks import offdiag_mean
 from data.batch import Batch
-from training.checkpoint import load_agent, save_agent
+from training.checkpoint import load_agent, restore_agent, save_agent
 
 
 @pytest.fixture(autouse=True)
@@ -244,13 +244,14 @@ def test_save_load_gives_identical_actions_and_updates(name: str, tmp_path) -> N
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_checkpoint_accepts_agent_first_arguments(tmp_path) -> None:
+def test_restore_agent_into_an_existing_agent(tmp_path) -> None:
     agent = make_agent("fb", OBS, GOAL, ACT, small_config("fb"))
     agent.update(synthetic_batch())
-    save_agent(agent, tmp_path / "ckpt")
+    save_agent(tmp_path / "ckpt", agent)
     other = make_agent("fb", OBS, GOAL, ACT, small_config("fb", seed=5))
-    assert load_agent(other, tmp_path / "ckpt") is other
+    assert restore_agent(other, tmp_path / "ckpt") is other
     for a, b in zip(agent.model.parameters(), other.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(agent.generator.get_state(), other.generator.get_state())
     with pytest.raises(FileNotFoundError, match="agent.json"):
         load_agent(tmp_path / "missing")

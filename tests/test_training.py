@@ -14,7 +14,7 @@ import torch
 
 from data.batch import LabelledWindows
 from training import checkpoint as agent_checkpoint
-from training.checkpointing import latest_checkpoint
+from training.checkpoint import latest_checkpoint
 from training.config import RunConfig
 from training.evaluation import Evaluator, iqm
 from training.logger import CSVWriter, MetricLogger
@@ -64,6 +64,7 @@ class FakeAgent:
         self.windows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.nan_at, self.sigint_at = nan_at, sigint_at
+        self.device = torch.device("cpu")
 
     def infer_z(self, goal: torch.Tensor, goal_action: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
         return reward.mean(0)[:, None].expand(-1, D)  # reward [N, K] -> z [K, d]
@@ -128,12 +129,12 @@ def test_iqm_is_the_25_percent_trimmed_mean() -> None:
 
 @pytest.fixture()
 def fake_agent_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    def save_agent(agent: Any, directory: Path) -> None:
+    def save_agent(directory: Path, agent: Any) -> None:
         Path(directory).mkdir(parents=True)
         (Path(directory) / "agent.txt").write_text("fake")
 
     monkeypatch.setattr(agent_checkpoint, "save_agent", save_agent)
-    monkeypatch.setattr(agent_checkpoint, "load_agent", lambda agent, directory: agent)
+    monkeypatch.setattr(agent_checkpoint, "restore_agent", lambda agent, directory, **_: agent)
 
 
 def make_trainer(tmp_path: Path, agent: FakeAgent, steps: int = 20) -> Trainer:
@@ -194,3 +195,46 @@ def test_sliding_window_zero_padding() -> None:
     evaluator.evaluate(agent, step=0)
     assert agent.windows[0][0][0, :, 0].tolist() == [0.0, 0.0, 5.0]
     assert agent.windows[1][0][0, :, 0].tolist() == [0.0, 5.0, 1.0]
+
+
+def test_resume_on_another_device_type_reseeds_generators(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint from a GPU run (16-byte CUDA generator states) resumes on the CPU: weights and
+    optimizers restored, torch generators reseeded deterministically, a warning logged."""
+    from agents import make_agent
+    from data import SequenceBuffer, make_synthetic_dataset
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = make_synthetic_dataset(tmp_path / "data", "walker", episodes=2, episode_length=20, seed=0)
+    config = {"hidden_dim": 16, "head_hidden_dim": 16, "z_dim": 4, "memory_type": "mlp",
+              "model_dimension": 16, "history_length": 3, "backward_history_length": 2}  # fmt: skip
+
+    def build() -> tuple[Any, SequenceBuffer]:
+        return make_agent("fb_m", 24, 24, 6, config, "cpu"), SequenceBuffer(
+            path, "walker", None, 3, 2, seed=0
+        )
+
+    agent, buffer = build()
+    agent.update(buffer.sample(8))
+    ckpt = save_checkpoint(tmp_path / "run", 1, agent, buffer)
+    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    cuda_like = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator state has 16 bytes
+    state["device_type"] = "cuda"
+    state["buffer_rng"]["generator"] = state["buffer_rng"]["labelled_generator"] = cuda_like
+    torch.save(state, ckpt / "trainer.pt")
+    optimizers = torch.load(ckpt / "agent" / "optimizers.pt", weights_only=True)
+    optimizers["generator"] = cuda_like
+    torch.save(optimizers, ckpt / "agent" / "optimizers.pt")
+
+    resumed = []
+    for _ in range(2):
+        fresh_agent, fresh_buffer = build()
+        with caplog.at_level("WARNING"):
+            assert load_checkpoint(ckpt, fresh_agent, fresh_buffer)["step"] == 1
+        for a, b in zip(agent.model.parameters(), fresh_agent.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        resumed.append((fresh_buffer.sample(8).obs_window, fresh_agent.generator.get_state()))
+    assert "written on cuda, resuming on cpu" in caplog.text
+    torch.testing.assert_close(resumed[0][0], resumed[1][0], rtol=0, atol=0)  # deterministic reseed
+    assert torch.equal(resumed[0][1], resumed[1][1])

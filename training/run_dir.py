@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from training.checkpointing import latest_checkpoint
+from training.checkpoint import latest_checkpoint
 from training.config import ConfigError, RunConfig, incompatible_keys
 
 CONFIG_FILE = "config.yaml"

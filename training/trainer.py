@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.checkpointing import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.evaluation import EvalResult, Evaluator
 from training.logger import MetricLogger
