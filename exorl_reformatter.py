@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from data.collect import COLLECT_ALGOS, collect
-from data.download import EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
+from data.download import EXORL_ALGOS, EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
 from data.exorl import DatasetError, buffer_dir, dataset_path, list_episode_files, read_manifest
 from data.reformat import DOWNLOAD_FILE, reformat
 
@@ -99,6 +99,12 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
                     f"no raw episodes in {folder}; changed-dynamics data is not public, collect it with:\n"
                     f"    python exorl_reformatter.py {domain}_{algo} --collect --multiplier {args.multiplier:g}"
                 )
+            if algo not in EXORL_ALGOS:
+                raise DatasetError(
+                    f"no raw episodes in {folder} and ExORL publishes no {algo!r} dataset; "
+                    f"ExORL datasets: {', '.join(EXORL_ALGOS)} (or collect one: --collect with "
+                    "random or rnd)"
+                )
             url = archive_url(args.base_url, domain, algo)
             download(url, archive)
             extract_archive(archive, folder.parent)
@@ -114,6 +120,8 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "OpenGL"):  # MuJoCo / OpenGL backend chatter at import
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     status = 0
     for domain, algo in args.pairs:

@@ -20,6 +20,8 @@ from data.exorl import DatasetError
 logger = logging.getLogger(__name__)
 
 EXORL_BASE_URL = "https://dl.fbaipublicfiles.com/exorl"
+# The exploration algorithms whose datasets ExORL publishes (one archive per domain and algorithm).
+EXORL_ALGOS = ("aps", "diayn", "disagreement", "icm", "icm_apt", "proto", "random", "rnd", "smm")
 _CHUNK = 1 << 20
 
 

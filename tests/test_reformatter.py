@@ -296,3 +296,12 @@ def test_cli_collect_changed_dynamics(tmp_path):
     )
     # A missing changed-dynamics dataset without --collect says how to collect it.
     assert exorl_reformatter.main(["walker_rnd", "--multiplier", "2", "--data_dir", str(tmp_path)]) == 1
+
+
+def test_unknown_exorl_dataset_is_refused_before_any_download(tmp_path, server, caplog):
+    served, url = server
+    before = len(served.requests)
+    with caplog.at_level("ERROR"):
+        code = exorl_reformatter.main(["walker_foo", "--data_dir", str(tmp_path), "--base_url", url])
+    assert code == 1 and len(served.requests) == before
+    assert "ExORL publishes no 'foo' dataset; ExORL datasets: aps, diayn" in caplog.text
