@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,13 +130,15 @@ def stratified_bootstrap_ci(
     from rliable.metrics import aggregate_iqm
 
     aggregate = aggregate or aggregate_iqm
-    points, intervals = library.get_interval_estimates(
-        {"scores": scores},
-        lambda x: np.array([aggregate(x)]),
-        reps=reps,
-        confidence_interval_size=size,
-        random_state=np.random.RandomState(seed),
-    )
+    with warnings.catch_warnings():  # arch deprecates the RandomState that rliable hands it
+        warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+        points, intervals = library.get_interval_estimates(
+            {"scores": scores},
+            lambda x: np.array([aggregate(x)]),
+            reps=reps,
+            confidence_interval_size=size,
+            random_state=np.random.RandomState(seed),
+        )
     return float(points["scores"][0]), float(intervals["scores"][0, 0]), float(intervals["scores"][1, 0])
 
 
