@@ -25,7 +25,15 @@ class GRUMemory(MemoryModel):
         token_dim: per-token MLP width (paper: 512).
 
     State: ``(h,)`` with h [B, num_layers, hidden], zeros at the start.
+
+    Attributes:
+        zero_state_min_hidden: from this hidden size on, a window starting from the empty state
+            runs its first step without the W_hh h_0 = 0 product (same result, 2 B hidden 3 hidden
+            fewer FLOPs forward and backward; 1.4 % of a paper FB-M update). Below it the extra
+            small kernels cost more than the product (3-4 % slower at hidden 128, batch 64).
     """
+
+    zero_state_min_hidden: int = 256
 
     def __init__(
         self,
@@ -46,7 +54,7 @@ class GRUMemory(MemoryModel):
 
     def _run(self, tokens: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         features = self.token_mlp(tokens)  # [B, L, token_dim]
-        if h is None and self.num_layers == 1:
+        if h is None and self.num_layers == 1 and self.model_dimension >= self.zero_state_min_hidden:
             # From the empty state h_0 = 0, W_hh h_0 = 0: the first step needs no hidden-state
             # product (nor its weight gradient), which the fused call would compute anyway.
             h1 = self._first_step(features[:, 0])  # [B, hidden]
