@@ -46,6 +46,7 @@ def build_memory(
     model_dimension: int | None,
     output_activation: bool,
     settings: dict[str, dict[str, Any]] | None,
+    defaults: dict[str, dict[str, Any]] | None = None,
 ) -> nn.Module:
     """Builds a memory model through ``memory.make_memory`` (imported lazily).
 
@@ -58,10 +59,11 @@ def build_memory(
         output_activation: end the summary with a ReLU.
         settings: memory name -> extra keyword settings for that model (e.g. ``token_dim``;
             a ``model_dimension`` there overrides the argument for that memory type).
+        defaults: memory name -> settings of this position that ``settings`` may override.
     """
     from memory import make_memory
 
-    extra = dict((settings or {}).get(memory_type, {}))
+    extra = {**(defaults or {}).get(memory_type, {}), **(settings or {}).get(memory_type, {})}
     model_dimension = extra.pop("model_dimension", model_dimension)  # a per-type setting wins
     return make_memory(
         memory_type,
@@ -229,6 +231,7 @@ class BackwardMap(nn.Module):
                 model_dimension,
                 memory_output_relu,
                 memory_settings,
+                defaults={"mlp": {"num_layers": 1}},  # the reference's frame-stacking B: no extra layer
             )
         else:
             self.net = nn.Sequential(preprocessor(goal_dim, hidden_dim), nn.Linear(hidden_dim, z_dim))

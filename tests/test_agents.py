@@ -255,3 +255,19 @@ def test_restore_agent_into_an_existing_agent(tmp_path) -> None:
     assert torch.equal(agent.generator.get_state(), other.generator.get_state())
     with pytest.raises(FileNotFoundError, match="agent.json"):
         load_agent(tmp_path / "missing")
+
+
+def test_frame_stacking_depth_follows_the_reference() -> None:
+    """The reference's MLP frame stack has 2 layers in F and pi but 1 in B; a setting overrides it."""
+
+    def linears(module: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.Linear) for m in module.modules())
+
+    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory_type="mlp"))
+    forward_encoder = agent.model.forward_map.history_encoder
+    backward_encoder = agent.model.backward_map.net
+    assert linears(forward_encoder) == linears(backward_encoder) + 1  # one extra hidden Linear in F
+    deeper = small_config("fb_m", memory_type="mlp")
+    deeper["memory_settings"] = {"mlp": {"model_dimension": 16, "num_layers": 2}}
+    agent = make_agent("fb_m", OBS, GOAL, ACT, deeper)
+    assert linears(agent.model.backward_map.net) == linears(backward_encoder) + 1
