@@ -2,7 +2,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export MUJOCO_GL ?= egl
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install test test-all lint demo bench clean

@@ -132,7 +132,9 @@ def reformat(
         arrays = _load_episodes(files, (info.obs_dim, info.action_dim, info.physics_dim), length, workers)
         read_s = time.perf_counter() - start
         physics = arrays["physics"].reshape(-1, info.physics_dim)
-        rewards = relabel(domain, physics, tasks=info.reward_tasks, multiplier=float(multiplier), workers=workers)
+        rewards = relabel(
+            domain, physics, tasks=info.reward_tasks, multiplier=float(multiplier), workers=workers
+        )
         for task in info.reward_tasks:
             arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
         relabel_s = time.perf_counter() - start - read_s

@@ -1,7 +1,14 @@
 """dm_control domains and tasks, reward relabelling, POMDP transforms, batched evaluation env.
 
 Needs numpy and dm_control only (no torch). See docs/CONTRACTS.md for the API.
+
+Nothing here renders, so MuJoCo's OpenGL backend defaults to ``disable`` (no display, EGL or
+OSMesa library needed); an ``MUJOCO_GL`` already set in the environment is kept.
 """
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "disable")
 
 from envs.batched import BatchedEvalEnv, episode_seed
 from envs.dmc import flat_obs, make_env, make_task

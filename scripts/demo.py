@@ -18,7 +18,6 @@ Outputs go to ``runs/demo/`` (the demo's own run directory is replaced on each c
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,6 @@ def run(args: list[str]) -> None:
         [sys.executable, *args],
         cwd=ROOT,
         check=True,
-        env=dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")),
     )
     print(f"({time.perf_counter() - started:.0f} s)", flush=True)
 

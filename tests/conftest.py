@@ -1,11 +1,7 @@
-"""Shared test settings: headless MuJoCo, deterministic torch threads, GPU tests skipped without CUDA."""
+"""Shared test settings: one torch thread, GPU tests skipped without CUDA."""
 
-import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Test tensors are tiny: one thread is faster than two and immune to a loaded machine.
 torch.set_num_threads(1)

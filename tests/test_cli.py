@@ -18,7 +18,7 @@ MEMORY_TYPES = ("gru", "transformer", "s4d", "mlp")
 
 
 def cli_env() -> dict[str, str]:
-    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1", PYTHONHASHSEED="0", WANDB_MODE="offline")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", WANDB_MODE="offline")
     env.pop("WANDB_API_KEY", None)
     return env
 
