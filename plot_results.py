@@ -18,7 +18,9 @@ Writes ``report.md`` (overall table shaped like the paper's, plus per-task table
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import logging
 import sys
@@ -130,7 +132,8 @@ def stratified_bootstrap_ci(
     from rliable.metrics import aggregate_iqm
 
     aggregate = aggregate or aggregate_iqm
-    with warnings.catch_warnings():  # arch deprecates the RandomState that rliable hands it
+    # rliable prints a progress line per call, and arch deprecates the RandomState rliable hands it.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
         points, intervals = library.get_interval_estimates(
             {"scores": scores},
