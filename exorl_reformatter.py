@@ -6,8 +6,8 @@
 For each DOMAIN_ALGO pair: if raw episode files exist in ``<data_dir>/<domain>/<algo>/buffer/``
 they are reformatted; otherwise the public ExORL archive is downloaded (resumable), extracted and
 reformatted; with ``--collect`` the episodes are generated locally (``random`` or ``rnd``) first.
-Rewards of every evaluation task are relabelled from the stored physics. Running it again with
-nothing new does nothing.
+Rewards of every task of the domain with a reward function (``DOMAINS[domain].reward_tasks``) are
+relabelled from the stored physics. Running it again with nothing new does nothing.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Reformatted format (this project): ``<data_dir>/<domain>/<algo>/buffer/dataset.n
 loadable with ``allow_pickle=False``:
 
     observation [E, T+1, obs] float32, action [E, T+1, act] float32, physics [E, T+1, phys] float64,
-    reward_<task> [E, T+1] float32 for every evaluation task (relabelled from physics, row 0
-    included), manifest: 0-d unicode array holding a JSON object (see ``read_manifest``).
+    reward_<task> [E, T+1] float32 for every task of ``DOMAINS[domain].reward_tasks`` (relabelled
+    from physics, row 0 included), manifest: 0-d unicode array holding a JSON object (see ``read_manifest``).
 
 Datasets collected under changed dynamics live beside the default one in ``<algo>_m<multiplier>``.
 """
@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -348,8 +347,3 @@ def verify_dataset(path: str | os.PathLike) -> None:
         array = read_array_prefix(path, key)
         if list(array.shape) != info["shape"] or array_checksum(array) != info["sha256"]:
             raise DatasetError(f"{path}: array {key!r} does not match its manifest checksum")
-
-
-def sorted_names(paths: Iterable[Path]) -> list[str]:
-    """File names, in the given order (the manifest's record of which raw episodes were used)."""
-    return [Path(p).name for p in paths]

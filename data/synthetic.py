@@ -25,7 +25,7 @@ def make_synthetic_dataset(
     """Write ``dataset_path(data_dir, domain, algo)`` from uniform-random episodes of the real domain.
 
     The file has the full reformatted layout (observation, action, physics, relabelled rewards of
-    every eval task, manifest with ``source.kind == "synthetic"``), so the training CLI reads it
+    every reward task, manifest with ``source.kind == "synthetic"``), so the training CLI reads it
     like a real ExORL dataset. 4 episodes x 200 steps take a few seconds. Calling it again with
     the same arguments returns the existing file.
 
