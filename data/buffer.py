@@ -76,16 +76,14 @@ class SequenceBuffer:
         pad_with_zeros: bool = False,
         tasks: Sequence[str] | None = None,
     ) -> None:
-        from envs import DOMAINS
+        from envs.specs import check_domain
 
-        if domain not in DOMAINS:
-            raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+        self.domain, self.info = domain, check_domain(domain)
         if history_length < 1 or backward_history_length < 1:
             raise ValueError(f"history lengths must be >= 1, got {history_length}, {backward_history_length}")
         self.paths = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("SequenceBuffer needs at least one dataset path")
-        self.domain, self.info = domain, DOMAINS[domain]
         self.tasks = tuple(tasks) if tasks is not None else self.info.tasks
         self.history_length, self.backward_history_length = history_length, backward_history_length
         self.device = torch.device(device)
@@ -219,18 +217,16 @@ class SequenceBuffer:
         """array [N, D], index [B, L] -> [B, L, D] (one index_select)."""
         return array.index_select(0, index.reshape(-1)).view(*index.shape, array.shape[-1])
 
-    def _obs_windows(
-        self, stream: int, episode: torch.Tensor, rows: torch.Tensor, windows: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _obs_windows(self, stream: int, episode: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Observation windows [B, L, D] of one stream (0: F/pi, 1: B), corruption re-drawn if asked."""
         array = self._obs_f if stream == 0 else self._obs_b
-        out = self._gather(array, self._obs_index(episode, rows)) if windows is None else windows
-        if not self.resample_per_batch or _is_identity(self._transforms[stream]):
-            if self.resample_per_batch and self.pad_with_zeros:
-                out = out * (rows >= 0).unsqueeze(-1)  # [B, L, D]
-            return out
-        corrupted = self._transforms[stream](out.cpu().numpy(), self._np_rngs[stream])
-        out = torch.from_numpy(np.ascontiguousarray(corrupted, dtype=np.float32)).to(self.device)
+        out = self._gather(array, self._obs_index(episode, rows))  # [B, L, D]
+        if not self.resample_per_batch:
+            return out  # corruption frozen at load; zero padding done by the index
+        transform = self._transforms[stream]
+        if not _is_identity(transform):
+            corrupted = transform(out.cpu().numpy(), self._np_rngs[stream])
+            out = torch.from_numpy(np.ascontiguousarray(corrupted, dtype=np.float32)).to(self.device)
         if self.pad_with_zeros:
             out = out * (rows >= 0).unsqueeze(-1)  # [B, L, D]
         return out
