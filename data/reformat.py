@@ -30,14 +30,6 @@ COLLECTION_FILE = "collection.json"  # settings of a local collection, written b
 DOWNLOAD_FILE = "download.json"  # where the raw episodes were downloaded from, written by the CLI
 
 
-def _domain_info(domain: str):
-    from envs import DOMAINS
-
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
-    return DOMAINS[domain]
-
-
 def _up_to_date(out: Path, names: list[str], domain: str, multiplier: float) -> bool:
     if not out.is_file():
         return False
@@ -91,7 +83,10 @@ def reformat(
     workers: int | None = None,
     delete_raw: bool = False,
 ) -> Path:
-    """Pack the raw episode files of ``folder`` into ``folder/dataset.npz`` and relabel every eval task.
+    """Pack the raw episode files of ``folder`` into ``folder/dataset.npz`` with relabelled rewards.
+
+    Every task of ``DOMAINS[domain].reward_tasks`` is relabelled (the paper's evaluation tasks and,
+    for quadruped, walk and run).
 
     Episodes are taken in numeric index order; ``episodes`` keeps the first N. Nothing happens when
     ``dataset.npz`` already holds exactly these episodes (idempotent). Peak memory is the packed
@@ -106,62 +101,88 @@ def reformat(
         source: provenance for the manifest (e.g. the download URL); ``collection.json`` in the
             folder, written by local collection, is added to it.
         workers: processes for relabelling and threads for reading; default all cores.
-        delete_raw: delete every raw episode file of the folder after a successful write.
+        delete_raw: delete every raw episode file of the folder after a successful write (refused
+            when ``episodes`` leaves some of them out of the dataset).
 
     Returns:
         Path of ``dataset.npz``.
 
     Raises:
-        DatasetError: no episode files, or a file that is corrupt, of the wrong shape or length.
+        DatasetError: no episode files, or a file that is corrupt, of the wrong shape or length;
+            ``delete_raw`` with ``episodes`` fewer than the raw files (it would delete episodes
+            that are in no dataset).
+        ValueError: unknown domain.
     """
-    from envs import relabel
+    from envs.specs import check_domain
 
-    folder, info = Path(folder), _domain_info(domain)
+    folder, multiplier = Path(folder), float(multiplier)
+    check_domain(domain)
     workers = workers or os.cpu_count() or 1
     all_files = list_episode_files(folder)
     files = all_files[:episodes] if episodes else all_files
     out = folder / DATASET_FILE
     if not files:
         raise DatasetError(f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat")
-    names = [f.name for f in files]
-    if _up_to_date(out, names, domain, float(multiplier)):
+    if delete_raw and len(files) < len(all_files):
+        raise DatasetError(
+            f"{folder}: delete_raw would delete {len(all_files) - len(files)} raw episodes that the "
+            f"dataset of the first {len(files)} would not hold; reformat every episode (no --episodes) "
+            "or keep the raw files (no --delete_raw)"
+        )
+    if _up_to_date(out, [f.name for f in files], domain, multiplier):
         logger.info("%s is up to date (%d episodes); nothing to do", out, len(files))
     else:
-        start = time.perf_counter()
-        length = len(read_episode(files[0])["observation"]) - 1
-        arrays = _load_episodes(files, (info.obs_dim, info.action_dim, info.physics_dim), length, workers)
-        read_s = time.perf_counter() - start
-        physics = arrays["physics"].reshape(-1, info.physics_dim)
-        rewards = relabel(
-            domain, physics, tasks=info.reward_tasks, multiplier=float(multiplier), workers=workers
-        )
-        for task in info.reward_tasks:
-            arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
-        relabel_s = time.perf_counter() - start - read_s
-        manifest = {
-            "domain": domain,
-            "algo": algo,
-            "multiplier": float(multiplier),
-            "episodes": len(files),
-            "episode_length": length,
-            "tasks": list(info.reward_tasks),
-            "episode_files": names,
-            "episode_indices": [parse_episode_name(f)[0] for f in files],
-            "settings": {"episodes_requested": episodes, "raw_episodes_available": len(all_files)},
-            "source": _source(folder, source),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        write_dataset(out, arrays, manifest)
-        total = time.perf_counter() - start
-        logger.info(
-            "wrote %s: %d episodes x %d steps in %.1f s (read %.1f s, relabel %.1f s, %.0f transitions/s)",
-            out, len(files), length, total, read_s, relabel_s, len(files) * length / total,
-        )  # fmt: skip
+        settings = {"episodes_requested": episodes, "raw_episodes_available": len(all_files)}
+        _pack(out, files, domain, algo, multiplier, workers, settings, _source(folder, source))
     if delete_raw:
         for f in all_files:
             f.unlink()
         logger.info("deleted %d raw episode files from %s", len(all_files), folder)
     return out
+
+
+def _pack(
+    out: Path,
+    files: list[Path],
+    domain: str,
+    algo: str,
+    multiplier: float,
+    workers: int,
+    settings: dict,
+    source: dict,
+) -> None:
+    """Read ``files``, relabel every reward task of ``domain`` and write ``out`` with its manifest."""
+    from envs import DOMAINS, relabel
+
+    info = DOMAINS[domain]
+    start = time.perf_counter()
+    length = len(read_episode(files[0])["observation"]) - 1
+    arrays = _load_episodes(files, (info.obs_dim, info.action_dim, info.physics_dim), length, workers)
+    read_s = time.perf_counter() - start
+    physics = arrays["physics"].reshape(-1, info.physics_dim)  # [E * (T+1), phys]
+    rewards = relabel(domain, physics, tasks=info.reward_tasks, multiplier=multiplier, workers=workers)
+    for task in info.reward_tasks:
+        arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
+    relabel_s = time.perf_counter() - start - read_s
+    manifest = {
+        "domain": domain,
+        "algo": algo,
+        "multiplier": multiplier,
+        "episodes": len(files),
+        "episode_length": length,
+        "tasks": list(info.reward_tasks),
+        "episode_files": [f.name for f in files],
+        "episode_indices": [parse_episode_name(f)[0] for f in files],
+        "settings": settings,
+        "source": source,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_dataset(out, arrays, manifest)
+    total = time.perf_counter() - start
+    logger.info(
+        "wrote %s: %d episodes x %d steps in %.1f s (read %.1f s, relabel %.1f s, %.0f transitions/s)",
+        out, len(files), length, total, read_s, relabel_s, len(files) * length / total,
+    )  # fmt: skip
 
 
 def _source(folder: Path, source: dict | None) -> dict:

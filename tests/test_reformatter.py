@@ -66,6 +66,10 @@ def test_reformat_round_trip(tmp_path, raw_episodes):
     stamp = out.stat().st_mtime_ns
     reformat(folder, DOMAIN, "rnd", episodes=2, workers=1)  # nothing new: nothing happens
     assert out.stat().st_mtime_ns == stamp
+    # Deleting the raw files of a partial dataset would lose episode 10: refused, nothing touched.
+    with pytest.raises(DatasetError, match=r"would delete 1 raw episodes"):
+        reformat(folder, DOMAIN, "rnd", episodes=2, workers=1, delete_raw=True)
+    assert len(list_episode_files(folder)) == 3 and out.stat().st_mtime_ns == stamp
     reformat(folder, DOMAIN, "rnd", workers=1, delete_raw=True)
     assert read_manifest(out)["episode_indices"] == [2, 9, 10] and not list_episode_files(folder)
     buffer = SequenceBuffer(out, DOMAIN, None, 4, 2, seed=0)
