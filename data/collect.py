@@ -28,10 +28,6 @@ COLLECT_ALGOS = ("random", "rnd")
 _RESUME_KEYS = ("domain", "algorithm", "seed", "multiplier", "episode_length", "task")
 
 
-def _episode_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
 def run_episode(env, policy, episode_length: int) -> dict[str, np.ndarray]:
     """Roll out one episode and return it in the ExORL layout (T + 1 rows, row 0 = reset step).
 
@@ -152,13 +148,12 @@ def collect(
     Returns:
         The ``buffer`` folder.
     """
-    from envs import DOMAINS, make_env, make_physics
+    from envs import episode_seed, make_env, make_physics
+    from envs.specs import check_domain
 
     if algo not in COLLECT_ALGOS:
         raise ValueError(f"cannot collect with {algo!r}; collection algorithms: {', '.join(COLLECT_ALGOS)}")
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
-    info, folder = DOMAINS[domain], Path(folder)
+    info, folder = check_domain(domain), Path(folder)
     if not 1 <= episode_length <= info.episode_length:
         raise ValueError(f"episode_length must be in 1..{info.episode_length}, got {episode_length}")
     total = math.ceil(steps / episode_length)
@@ -189,10 +184,9 @@ def collect(
     physics = make_physics(domain, multiplier)
     if algo == "random":
         for index in tqdm(range(done, total), desc=f"collect {domain} random", unit="ep"):
-            rng = np.random.default_rng(_episode_seed(seed, index))
-            env = make_env(
-                domain, info.collection_task, _episode_seed(seed, index), multiplier, physics=physics
-            )
+            env_seed = episode_seed(seed, index)  # seeds the initial state and the actions
+            env = make_env(domain, info.collection_task, env_seed, multiplier, physics=physics)
+            rng = np.random.default_rng(env_seed)
             episode = run_episode(env, _UniformPolicy(rng, info.action_dim), episode_length)
             write_episode(folder, index, episode)
         return folder
@@ -205,7 +199,7 @@ def _collect_rnd(
 ):
     from agents.rnd import RNDAgent, RNDConfig
     from data.exorl import read_episode
-    from envs import DOMAINS, make_env
+    from envs import DOMAINS, episode_seed, make_env
 
     domain, seed, length = settings["domain"], settings["seed"], settings["episode_length"]
     info, config = DOMAINS[domain], RNDConfig(**settings["rnd"])
@@ -228,7 +222,7 @@ def _collect_rnd(
     dev = torch.device(device)
     for index in tqdm(range(done, total), desc=f"collect {domain} rnd", unit="ep"):
         env = make_env(
-            domain, info.collection_task, _episode_seed(seed, index), settings["multiplier"], physics=physics
+            domain, info.collection_task, episode_seed(seed, index), settings["multiplier"], physics=physics
         )
 
         def policy(obs: np.ndarray) -> np.ndarray:
