@@ -27,7 +27,8 @@ def make_synthetic_dataset(
     The file has the full reformatted layout (observation, action, physics, relabelled rewards of
     every reward task, manifest with ``source.kind == "synthetic"``), so the training CLI reads it
     like a real ExORL dataset. 4 episodes x 200 steps take a few seconds. Calling it again with
-    the same arguments returns the existing file.
+    the same arguments returns the existing file; a dataset there that is not synthetic (e.g. a
+    downloaded or collected one) is never overwritten.
 
     Args:
         data_dir: dataset root (e.g. a pytest ``tmp_path``).
@@ -39,16 +40,14 @@ def make_synthetic_dataset(
 
     Returns:
         Path of ``dataset.npz``.
+
+    Raises:
+        DatasetError: ``dataset_path(data_dir, domain, algo)`` holds a dataset that is not synthetic.
     """
     path = dataset_path(data_dir, domain, algo)
     wanted = {"episodes": episodes, "episode_length": episode_length, "seed": seed}
-    if path.is_file():
-        try:
-            manifest = read_manifest(path)
-            if manifest["source"].get("synthetic") == wanted and manifest["domain"] == domain:
-                return path
-        except DatasetError:
-            pass
+    if path.is_file() and _is_built(path, domain, wanted):
+        return path
     raw = buffer_dir(data_dir, domain, f".{algo}_synthetic_raw")
     shutil.rmtree(raw.parent, ignore_errors=True)
     try:
@@ -60,3 +59,18 @@ def make_synthetic_dataset(
         shutil.rmtree(raw.parent, ignore_errors=True)
     logger.info("wrote synthetic %s dataset (%d x %d) to %s", domain, episodes, episode_length, path)
     return path
+
+
+def _is_built(path: Path, domain: str, wanted: dict) -> bool:
+    """Whether ``path`` already is this synthetic dataset; raises if it is a real (not synthetic) one."""
+    try:
+        manifest = read_manifest(path)
+    except DatasetError:
+        return False  # unreadable: rebuilt
+    kind = manifest.get("source", {}).get("kind")
+    if kind != "synthetic":
+        raise DatasetError(
+            f"{path} holds a {kind!r} dataset, not a synthetic one; refusing to overwrite it "
+            "(pass another data_dir or algo)"
+        )
+    return manifest["source"].get("synthetic") == wanted and manifest["domain"] == domain

@@ -243,3 +243,15 @@ def test_synthetic_dataset(tmp_path):
     labelled = buffer.sample_labelled(100)
     assert set(labelled.rewards) == set(DOMAINS["cheetah"].tasks)
     assert all(float(r.min()) >= 0 and float(r.max()) <= 1 for r in labelled.rewards.values())
+
+
+def test_synthetic_dataset_never_overwrites_a_real_one(tmp_path):
+    path = make_synthetic_dataset(tmp_path, "cheetah", episodes=1, episode_length=20, seed=0)
+    arrays = dict(np.load(path, allow_pickle=False))
+    manifest = __import__("json").loads(str(arrays.pop("manifest")))
+    manifest["source"] = {"kind": "collected"}
+    write_dataset(path, arrays, manifest)
+    stamp = path.stat().st_mtime_ns
+    with pytest.raises(DatasetError, match="'collected' dataset, not a synthetic one; refusing"):
+        make_synthetic_dataset(tmp_path, "cheetah", episodes=2, episode_length=20, seed=0)
+    assert path.stat().st_mtime_ns == stamp
