@@ -99,21 +99,23 @@ class TwinHead(nn.Module):
         return torch.baddbmm(self.bias, h, self.weight)  # [K, N, out]
 
 
-class ForwardMap(nn.Module):
-    """F(h, a, z) (and HILP's psi): history features ++ preprocessor(o_t ++ z) -> two heads.
+class HistoryNetwork(nn.Module):
+    """What F / psi and pi share: history features ++ preprocessor(o_t ++ z), fed to a head.
 
-    With memory, the history features are a memory model over the (o_k, a_k) tokens (512); without,
-    preprocessor(o_t ++ a_t) (512). Both heads share the trunk (as in the reference code).
+    The history features [N, hidden] come from a memory model over the window's (o_k, a_k) tokens
+    when ``recurrent``; without memory, from a preprocessor of the last row alone: o_t ++ a_t when
+    the subclass sets ``memoryless_reads_action`` (F), o_t otherwise (pi). Subclasses add the head.
 
     Args:
-        obs_dim: F-stream observation width.
+        obs_dim: F/pi-stream observation width.
         action_dim: action width.
         z_dim: d.
         recurrent: use a memory model over the window.
         memory_type, model_dimension, context_length, memory_settings: memory model settings.
         hidden_dim: preprocessor / memory summary width (512).
-        head_hidden_dim: head hidden width (1024).
     """
+
+    memoryless_reads_action: bool
 
     def __init__(
         self,
@@ -127,10 +129,9 @@ class ForwardMap(nn.Module):
         context_length: int = 32,
         memory_settings: dict[str, dict[str, Any]] | None = None,
         hidden_dim: int = 512,
-        head_hidden_dim: int = 1024,
     ) -> None:
         super().__init__()
-        self.recurrent = recurrent
+        self.recurrent, self.hidden_dim = recurrent, hidden_dim
         if recurrent:
             self.history_encoder = build_memory(
                 memory_type,
@@ -142,15 +143,22 @@ class ForwardMap(nn.Module):
                 memory_settings,
             )
         else:
-            self.history_encoder = preprocessor(obs_dim + action_dim, hidden_dim)
+            memoryless_dim = obs_dim + action_dim if self.memoryless_reads_action else obs_dim
+            self.history_encoder = preprocessor(memoryless_dim, hidden_dim)
         self.obs_z_encoder = preprocessor(obs_dim + z_dim, hidden_dim)
-        self.heads = TwinHead(2 * hidden_dim, head_hidden_dim, z_dim)
+
+    def _memoryless_input(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.cat([obs, action], dim=-1) if self.memoryless_reads_action else obs
 
     def history_features(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Encodes obs [N, L, o] and actions taken there [N, L, a] into [N, hidden]."""
+        """Encodes the window obs [N, L, o] with each row's token action [N, L, a] into [N, hidden]."""
         if self.recurrent:
             return self.history_encoder(torch.cat([obs, action], dim=-1))  # [N, hidden]
-        return self.history_encoder(torch.cat([obs[:, -1], action[:, -1]], dim=-1))  # [N, hidden]
+        return self.history_encoder(self._memoryless_input(obs[:, -1], action[:, -1]))  # [N, hidden]
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State | None:
+        """Carry-mode state before the first step (None without memory)."""
+        return self.history_encoder.initial_state(batch_size, device) if self.recurrent else None
 
     def prefix_state(self, obs: torch.Tensor, action: torch.Tensor) -> State | None:
         """Memory state after the window prefix obs [N, L-1, o], action [N, L-1, a] (None without memory)."""
@@ -158,19 +166,43 @@ class ForwardMap(nn.Module):
             return None
         return self.history_encoder.encode(torch.cat([obs, action], dim=-1))
 
-    def last_step_features(
+    def step_features(
         self, obs: torch.Tensor, action: torch.Tensor, state: State | None
-    ) -> torch.Tensor:
-        """History features [N, hidden] of a window whose prefix state is ``state`` and last token (obs [N, o], action [N, a])."""
-        token = torch.cat([obs, action], dim=-1)  # [N, o + a]
+    ) -> tuple[torch.Tensor, State | None]:
+        """Feeds the token (obs [N, o], action [N, a]) after ``state``; returns (features [N, hidden], state)."""
         if not self.recurrent:
-            return self.history_encoder(token)
-        return self.history_encoder.step(token, state)[0]
+            return self.history_encoder(self._memoryless_input(obs, action)), state  # [N, hidden]
+        return self.history_encoder.step(torch.cat([obs, action], dim=-1), state)
+
+    def joint_features(self, features: torch.Tensor, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The head input [N, 2 hidden]: history features [N, hidden] ++ preprocessor(o_t [N, o] ++ z [N, d])."""
+        oz = self.obs_z_encoder(torch.cat([obs, z], dim=-1))  # [N, hidden]
+        return torch.cat([features, oz], dim=-1)  # [N, 2 hidden]
+
+
+class ForwardMap(HistoryNetwork):
+    """F(h, a, z) (and HILP's psi): history features ++ preprocessor(o_t ++ z) -> two heads.
+
+    With memory, the history features are a memory model over the (o_k, a_k) tokens (512); without,
+    preprocessor(o_t ++ a_t) (512). Both heads share the trunk (as in the reference code).
+
+    Args:
+        obs_dim, action_dim, z_dim: widths.
+        head_hidden_dim: head hidden width (1024).
+        **settings: the ``HistoryNetwork`` settings (recurrent, memory settings, hidden_dim).
+    """
+
+    memoryless_reads_action = True
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int = 1024, **settings: Any
+    ) -> None:
+        super().__init__(obs_dim, action_dim, z_dim, **settings)
+        self.heads = TwinHead(2 * self.hidden_dim, head_hidden_dim, z_dim)
 
     def heads_from_features(self, features: torch.Tensor, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Both heads [2, N, d] from history features [N, hidden], o_t [N, o] and z [N, d]."""
-        oz = self.obs_z_encoder(torch.cat([obs, z], dim=-1))  # [N, hidden]
-        return self.heads(torch.cat([features, oz], dim=-1))  # [2, N, d]
+        return self.heads(self.joint_features(features, obs, z))  # [2, N, d]
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """F of a window.
@@ -253,7 +285,7 @@ class BackwardMap(nn.Module):
         return project_to_sphere(out) if self.sphere else out
 
 
-class Actor(nn.Module):
+class Actor(HistoryNetwork):
     """pi(h, z): history features ++ preprocessor(o_t ++ z) -> 1024 -> ReLU -> |A| -> tanh = mu.
 
     With memory, the history features come from the actor's own memory model over (o_k, a_{k-1})
@@ -261,48 +293,22 @@ class Actor(nn.Module):
 
     Args:
         obs_dim, action_dim, z_dim: widths.
-        recurrent: use a memory model over the window.
-        memory_type, model_dimension, context_length, memory_settings: memory model settings.
-        hidden_dim: preprocessor / memory summary width (512).
         head_hidden_dim: trunk hidden width (1024).
+        **settings: the ``HistoryNetwork`` settings (recurrent, memory settings, hidden_dim).
     """
 
+    memoryless_reads_action = False
+
     def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        z_dim: int,
-        *,
-        recurrent: bool,
-        memory_type: str = "gru",
-        model_dimension: int | None = None,
-        context_length: int = 32,
-        memory_settings: dict[str, dict[str, Any]] | None = None,
-        hidden_dim: int = 512,
-        head_hidden_dim: int = 1024,
+        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int = 1024, **settings: Any
     ) -> None:
-        super().__init__()
-        self.recurrent = recurrent
-        if recurrent:
-            self.history_encoder = build_memory(
-                memory_type,
-                obs_dim + action_dim,
-                hidden_dim,
-                context_length,
-                model_dimension,
-                True,
-                memory_settings,
-            )
-        else:
-            self.history_encoder = preprocessor(obs_dim, hidden_dim)
-        self.obs_z_encoder = preprocessor(obs_dim + z_dim, hidden_dim)
+        super().__init__(obs_dim, action_dim, z_dim, **settings)
         self.trunk = nn.Sequential(
-            nn.Linear(2 * hidden_dim, head_hidden_dim), nn.ReLU(), nn.Linear(head_hidden_dim, action_dim)
+            nn.Linear(2 * self.hidden_dim, head_hidden_dim), nn.ReLU(), nn.Linear(head_hidden_dim, action_dim)
         )
 
-    def _head(self, features: torch.Tensor, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        oz = self.obs_z_encoder(torch.cat([obs, z], dim=-1))  # [N, hidden]
-        return torch.tanh(self.trunk(torch.cat([features, oz], dim=-1)))  # [N, A]
+    def _mu(self, features: torch.Tensor, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.trunk(self.joint_features(features, obs, z)))  # [N, A]
 
     def forward(self, obs: torch.Tensor, prev_action: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The mean action mu of a window.
@@ -315,25 +321,14 @@ class Actor(nn.Module):
         Returns:
             mu [N, A] in (-1, 1).
         """
-        if self.recurrent:
-            features = self.history_encoder(torch.cat([obs, prev_action], dim=-1))  # [N, hidden]
-        else:
-            features = self.history_encoder(obs[:, -1])  # [N, hidden]
-        return self._head(features, obs[:, -1], z)
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State | None:
-        """Carry-mode state before the first step (None without memory)."""
-        return self.history_encoder.initial_state(batch_size, device) if self.recurrent else None
+        return self._mu(self.history_features(obs, prev_action), obs[:, -1], z)
 
     def step(
         self, obs: torch.Tensor, prev_action: torch.Tensor, z: torch.Tensor, state: State | None
     ) -> tuple[torch.Tensor, State | None]:
         """Carry mode: feeds obs [N, o] with the action that led to it [N, a]; returns (mu [N, A], state)."""
-        if self.recurrent:
-            features, state = self.history_encoder.step(torch.cat([obs, prev_action], dim=-1), state)
-        else:
-            features = self.history_encoder(obs)  # [N, hidden]
-        return self._head(features, obs, z), state
+        features, state = self.step_features(obs, prev_action, state)  # [N, hidden]
+        return self._mu(features, obs, z), state
 
 
 def sample_action(mu: torch.Tensor, noise: torch.Tensor, std: float, clip: float) -> torch.Tensor:
@@ -467,20 +462,23 @@ class RepresentationConfig:
         return override or self.memory_type
 
 
+def history_network_settings(config: RepresentationConfig, position: str) -> dict[str, Any]:
+    """Constructor settings of F / psi (``position="F"``) or pi (``"actor"``): both have memory iff
+    ``recurrent_F`` and read L_F windows."""
+    return {
+        "recurrent": config.recurrent_F,
+        "memory_type": config.memory_of(position),
+        "model_dimension": config.model_dimension,
+        "context_length": config.history_length,
+        "memory_settings": config.memory_settings,
+        "hidden_dim": config.hidden_dim,
+        "head_hidden_dim": config.head_hidden_dim,
+    }
+
+
 def build_forward(obs_dim: int, action_dim: int, config: RepresentationConfig) -> ForwardMap:
     """F / psi as configured."""
-    return ForwardMap(
-        obs_dim,
-        action_dim,
-        config.z_dim,
-        recurrent=config.recurrent_F,
-        memory_type=config.memory_of("F"),
-        model_dimension=config.model_dimension,
-        context_length=config.history_length,
-        memory_settings=config.memory_settings,
-        hidden_dim=config.hidden_dim,
-        head_hidden_dim=config.head_hidden_dim,
-    )
+    return ForwardMap(obs_dim, action_dim, config.z_dim, **history_network_settings(config, "F"))
 
 
 def build_backward(
@@ -504,18 +502,7 @@ def build_backward(
 
 def build_actor(obs_dim: int, action_dim: int, config: RepresentationConfig) -> Actor:
     """The policy as configured (memory iff ``recurrent_F``)."""
-    return Actor(
-        obs_dim,
-        action_dim,
-        config.z_dim,
-        recurrent=config.recurrent_F,
-        memory_type=config.memory_of("actor"),
-        model_dimension=config.model_dimension,
-        context_length=config.history_length,
-        memory_settings=config.memory_settings,
-        hidden_dim=config.hidden_dim,
-        head_hidden_dim=config.head_hidden_dim,
-    )
+    return Actor(obs_dim, action_dim, config.z_dim, **history_network_settings(config, "actor"))
 
 
 def make_adam(
