@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXIT_BAD_INPUT = 2
@@ -29,14 +29,16 @@ EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("main_exorl")
 
-# flag -> (hydra key, kind). kind: value, list, bool, group.
+# flag -> (hydra key, kind). kind: value (key=value, quoted when needed), list (key=[a,b]),
+# group (a config group option, already checked by _check_choices; a comma list sweeps with -m),
+# logger (the logger group: wandb when the flag is on, csv when off).
 FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
     "memory_type": ("memory", "group"),
     "history_length": ("memory.history_length", "value"),
     "backward_history_length": ("memory.backward_history_length", "value"),
     "model_dimension": ("memory.model_dimension", "value"),
-    "recurrent_F": ("agent.recurrent_F", "bool"),
-    "recurrent_B": ("agent.recurrent_B", "bool"),
+    "recurrent_F": ("agent.recurrent_F", "value"),
+    "recurrent_B": ("agent.recurrent_B", "value"),
     "eval_tasks": ("env.eval_tasks", "list"),
     "flickering_prob": ("env.flickering_prob", "value"),
     "noise_std": ("env.noise_std", "value"),
@@ -54,7 +56,7 @@ FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
     "seed": ("seed", "value"),
     "device": ("device", "value"),
     "run_dir": ("run_dir", "value"),
-    "wandb": ("logger", "wandb_group"),
+    "wandb": ("logger", "logger"),
 }
 
 
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history_length", type=int, help="L_F, context of F and pi (default 32)")
     p.add_argument("--backward_history_length", type=int, help="L_B, context of B (default 8)")
     p.add_argument(
-        "--model_dimension", type=int, help="memory model width (default 512 gru, 32 transformer/s4d)"
+        "--model_dimension", type=int, help="memory model width (default 512 gru/mlp, 32 transformer/s4d)"
     )
     p.add_argument(
         "--recurrent_F", action=argparse.BooleanOptionalAction, default=None, help="memory in F and pi"
@@ -128,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PLAIN_PUNCTUATION = str.maketrans("", "", "_-.:/")  # characters hydra accepts unquoted
+
+
 def _hydra_value(value: Any) -> str:
     """Formats a flag value as a hydra override value (strings quoted when needed)."""
     if isinstance(value, bool):
@@ -135,11 +140,7 @@ def _hydra_value(value: Any) -> str:
     if isinstance(value, float | int):
         return repr(value)
     text = str(value)
-    return (
-        text
-        if text.replace("_", "").replace("-", "").replace(".", "").replace(":", "").replace("/", "").isalnum()
-        else repr(text)
-    )
+    return text if text.translate(_PLAIN_PUNCTUATION).isalnum() else repr(text)
 
 
 def translate(argv: list[str]) -> tuple[list[str], bool]:
@@ -155,7 +156,7 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
     flags = [a for a in argv if a not in hydra_args]
     parser = build_parser()
     args = parser.parse_args(flags)
-    _check_choices(parser, args, multirun=any(a in ("-m", "--multirun") for a in flags))
+    _check_choices(args)
     overrides = [
         f"agent={args.algorithm}",
         f"env.domain={_hydra_value(args.domain)}",
@@ -167,14 +168,16 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
             continue
         if kind == "list":
             overrides.append(f"{key}=[{','.join(_hydra_value(v) for v in value)}]")
-        elif kind == "wandb_group":
-            overrides.append(f"logger={'wandb' if value else 'csv'}")
+        elif kind == "group":
+            overrides.append(f"{key}={value}")
+        elif kind == "logger":
+            overrides.append(f"{key}={'wandb' if value else 'csv'}")
         else:
             overrides.append(f"{key}={_hydra_value(value)}")
     return overrides + hydra_args, args.multirun
 
 
-def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, multirun: bool) -> None:
+def _check_choices(args: argparse.Namespace) -> None:
     """Rejects unknown algorithm and memory names at once (comma lists allowed with -m)."""
     from training.config import ALGORITHMS, MEMORY_TYPES
 
@@ -184,7 +187,7 @@ def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace, mu
     ):
         if value is None:
             continue
-        for name in value.split(",") if multirun else [value]:
+        for name in value.split(",") if args.multirun else [value]:
             if name not in accepted:
                 _fail(f"unknown {what} {name!r}; accepted: {', '.join(accepted)}", EXIT_BAD_INPUT)
 
@@ -353,10 +356,9 @@ def _task(hydra_cfg: Any) -> dict[str, Any]:
             f"interrupted ({error or 'KeyboardInterrupt'}); rerun the same command to continue from the last checkpoint",
             EXIT_INTERRUPTED,
         )
-    raise AssertionError("unreachable")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"main_exorl.py: error: {message}\n")
     sys.stderr.flush()
     raise SystemExit(code)

@@ -155,6 +155,14 @@ def test_translate_paper_flags() -> None:
         assert expected in overrides
 
 
+def test_memory_type_flag_sweeps_with_multirun() -> None:
+    overrides, multirun = main_exorl.translate(["fb_m", "walker", "rnd", "--memory_type=gru,s4d", "-m"])
+    assert multirun and "memory=gru,s4d" in overrides
+    main_exorl.register_configs()
+    jobs = main_exorl.compose_jobs(overrides, multirun)
+    assert [job["memory"]["name"] for job in jobs] == ["gru", "s4d"]
+
+
 def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs(
