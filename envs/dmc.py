@@ -47,7 +47,7 @@ class QuadrupedCustomTask(_CustomRewardMixin, quadruped.Move):
     domain = "quadruped"
 
 
-def make_task(domain: str, task: str, random: int | np.random.RandomState | None):
+def make_task(domain: str, task: str, random: int | np.random.RandomState | None) -> control.Task:
     """The dm_control Task object of ``(domain, task)`` seeded with ``random``."""
     check_task(domain, task)
     if domain == "walker" and task in ("stand", "walk", "run"):
@@ -56,17 +56,19 @@ def make_task(domain: str, task: str, random: int | np.random.RandomState | None
         return cheetah.Cheetah(random=random)
     if domain == "quadruped" and task in ("walk", "run"):
         return quadruped.Move(desired_speed={"walk": 0.5, "run": 5.0}[task], random=random)
-    cls = {"walker": WalkerCustomTask, "cheetah": CheetahCustomTask, "quadruped": QuadrupedCustomTask}[domain]
-    obj = (
-        cls(move_speed=0.0, random=random)
-        if domain == "walker"
-        else (cls(random=random) if domain == "cheetah" else cls(desired_speed=0.0, random=random))
-    )
-    obj.task_name = task
-    return obj
+    if domain == "walker":
+        custom = WalkerCustomTask(move_speed=0.0, random=random)
+    elif domain == "cheetah":
+        custom = CheetahCustomTask(random=random)
+    else:
+        custom = QuadrupedCustomTask(desired_speed=0.0, random=random)
+    custom.task_name = task
+    return custom
 
 
-def make_env(domain: str, task: str, seed: int | None, multiplier: float = 1.0, physics=None):
+def make_env(
+    domain: str, task: str, seed: int | None, multiplier: float = 1.0, physics=None
+) -> action_scale.Wrapper:
     """A dm_control environment of 1000 control steps with actions in [-1, 1].
 
     Actions are mapped linearly from [-1, 1] onto each actuator's control range (dm_control's

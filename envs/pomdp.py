@@ -136,10 +136,7 @@ class Noise(ObsTransform):
 
     def __init__(self, domain: str, std: float):
         super().__init__(domain)
-        std = float(std)
-        if not (std >= 0 and math.isfinite(std)):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {std!r}")
-        self.std = std
+        self.std = _check_std(std)
 
     def _apply(self, obs, rng):
         return obs + np.float32(self.std) * rng.standard_normal(obs.shape, dtype=np.float32)
@@ -180,6 +177,13 @@ def _check_probability(p: float, name: str) -> float:
     return p
 
 
+def _check_std(std: float) -> float:
+    std = float(std)
+    if not (std >= 0 and math.isfinite(std)):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {std!r}")
+    return std
+
+
 def make_transform(
     variant: str | None,
     domain: str,
@@ -195,7 +199,7 @@ def make_transform(
     check_domain(domain)
     _check_probability(flickering_prob, "flickering_prob")
     _check_probability(missing_sensor_prob, "missing_sensor_prob")
-    Noise(domain, noise_std)  # validates the std
+    _check_std(noise_std)
     if variant is None:
         return ObsTransform(domain)
     if variant == "flickering":
