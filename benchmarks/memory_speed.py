@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -22,17 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import time_calls  # noqa: E402
 from memory import REGISTRY, make_memory  # noqa: E402
 
 
 def best_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)  # the least disturbed run: the machine is shared
+    return min(time_calls(fn, repeats))  # the least disturbed run: the machine is shared
 
 
 def bench(name: str, args: argparse.Namespace) -> dict[str, float]:

@@ -25,25 +25,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import time_calls  # noqa: E402
 from data import SequenceBuffer, dataset_path  # noqa: E402
 from data.exorl import reward_key, write_dataset  # noqa: E402
 from envs import DOMAINS, make_transform  # noqa: E402
 
 
-def sync(x: object) -> object:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return x
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median milliseconds of ``repeats`` calls after one warm-up call (device-synchronised)."""
+    return 1000 * statistics.median(time_calls(fn, repeats, device))
 
 
 def random_dataset(folder: Path, episodes: int, length: int = 1000) -> Path:
@@ -78,10 +68,11 @@ def bench_sampling(path: Path, args: argparse.Namespace) -> None:
         buffer = SequenceBuffer(
             path, "walker", None, args.history, args.backward_history, seed=0, device=args.device, **kwargs
         )
-
-        fb = median_ms(lambda b=buffer: sync(b.sample(args.batch)), args.repeats)
-        hilp = median_ms(lambda b=buffer: sync(b.sample(args.batch, hilp=True)), args.repeats)
-        labelled = median_ms(lambda b=buffer: sync(b.sample_labelled(10_000)), max(3, args.repeats // 10))
+        fb = median_ms(lambda b=buffer: b.sample(args.batch), args.repeats, args.device)
+        hilp = median_ms(lambda b=buffer: b.sample(args.batch, hilp=True), args.repeats, args.device)
+        labelled = median_ms(
+            lambda b=buffer: b.sample_labelled(10_000), max(3, args.repeats // 10), args.device
+        )
         print(f"| {name} | {fb:.2f} ms | {hilp:.2f} ms | {labelled:.1f} ms |")
 
 
