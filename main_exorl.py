@@ -312,7 +312,9 @@ def main(cfg: Any) -> dict[str, Any]:
     agent = builders.make_agent(cfg, buffer, device)
     logger = MetricLogger(run_dir, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
     evaluator = builders.make_evaluator(cfg, setup, buffer, device)
-    trainer = Trainer(cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, buffer))
+    trainer = Trainer(
+        cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, setup, buffer)
+    )
     log.info("run %s on %s (resume from %s)", run_dir, device, resume_from)
     results = trainer.run(resume_from)
     print(format_summary(results))

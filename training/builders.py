@@ -217,23 +217,16 @@ def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.d
     )
 
 
-def provenance(cfg: RunConfig, buffer: Any) -> dict[str, Any]:
+def provenance(cfg: RunConfig, setup: EnvSetup, buffer: Any) -> dict[str, Any]:
     """Where the training data came from: files, episodes used, and the dataset manifest(s)."""
     manifest = getattr(buffer, "manifest", None)
     return {
-        "paths": [str(p) for p in dataset_paths(cfg, parse_base_domain(cfg.env.domain))],
+        "paths": [str(p) for p in dataset_paths(cfg, setup.domain)],
         "dataset": cfg.env.dataset,
         "episodes_requested": cfg.env.episodes,
         "train_multipliers": list(cfg.env.train_multipliers),
         "manifest": _jsonable(manifest),
     }
-
-
-def parse_base_domain(name: str) -> str:
-    """walker_flickering -> walker."""
-    import envs
-
-    return envs.parse_domain(name).domain
 
 
 def _jsonable(value: Any) -> Any:

@@ -253,9 +253,7 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
         "train": TrainSettings,
         "logger": LoggerSettings,
     }
-    kwargs: dict[str, Any] = {
-        name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items() if name != "agent"
-    }
+    kwargs: dict[str, Any] = {name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items()}
     agent = dict(values.get("agent") or {})
     own = {f.name for f in dataclasses.fields(AgentSettings)} - {"overrides"}
     overrides = dict(agent.pop("overrides", None) or {})

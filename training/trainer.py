@@ -68,7 +68,6 @@ class Trainer:
         self.hilp = cfg.agent.name.startswith("hilp")
         self._stop_signal: int | None = None
         self._last_checkpoint: tuple[int, Path] | None = None
-        self._last_eval: EvalResult | None = None
         self._tick: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last train.csv row
 
     def run(self, resume_from: Path | None = None) -> dict[str, Any]:
@@ -131,10 +130,9 @@ class Trainer:
         self.logger.flush_train(step, {"time/updates_per_second": rate})
         self._tick = (now, step)
 
-    def _evaluate(self, step: int, bar: tqdm | None) -> EvalResult:
+    def _evaluate(self, step: int, bar: tqdm | None) -> None:
         result = self.evaluator.evaluate(self.agent, step)
         self.logger.log_eval(step, result.rows(), result.summary())
-        self._last_eval = result
         log.info(
             "eval step %d: mean IQM %.2f (%s) in %.1fs",
             step,
@@ -144,7 +142,6 @@ class Trainer:
         )
         if bar is not None:
             bar.set_postfix(eval_iqm=f"{result.mean_iqm():.1f}")
-        return result
 
     def _checkpoint(self, step: int) -> None:
         path = save_checkpoint(self.run_dir, step, self.agent, self.buffer)
@@ -244,7 +241,7 @@ def build_results(
         "rollout_memory": cfg.train.rollout_memory,
         "eval_rollouts": cfg.train.eval_rollouts,
         "eval_episode_length": cfg.train.eval_episode_length or 1000,
-        "tasks": sorted({k[0] for k in keys}, key=[k[0] for k in keys].index),
+        "tasks": list(dict.fromkeys(task for task, _ in keys)),
         "multipliers": sorted({k[1] for k in keys}),
         "final": {
             "step": final_step,
