@@ -39,6 +39,17 @@ def parse_pair(pair: str) -> tuple[str, str]:
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,19 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs", nargs="+", type=parse_pair, metavar="DOMAIN_ALGO", help="e.g. walker_rnd cheetah_rnd"
     )
     parser.add_argument("--data_dir", default="datasets", help="dataset root (default: datasets)")
-    parser.add_argument("--episodes", type=int, default=None, help="keep the first N episodes (default: all)")
+    parser.add_argument(
+        "--episodes", type=positive_int, default=None, help="keep the first N episodes (default: all)"
+    )
     parser.add_argument(
         "--delete_raw", action="store_true", help="delete the raw episode files after reformatting"
     )
     parser.add_argument(
         "--base_url", default=EXORL_BASE_URL, help=f"archive host (default: {EXORL_BASE_URL})"
     )
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for relabelling")
+    parser.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count(), help="processes for relabelling"
+    )
     parser.add_argument(
         "--collect", action="store_true", help="collect the episodes locally instead of downloading"
     )
-    parser.add_argument("--collect_steps", type=int, default=1_000_000, help="environment steps to collect")
-    parser.add_argument("--episode_length", type=int, default=1000, help="transitions per collected episode")
+    parser.add_argument(
+        "--collect_steps", type=positive_int, default=1_000_000, help="environment steps to collect"
+    )
+    parser.add_argument(
+        "--episode_length", type=positive_int, default=1000, help="transitions per collected episode"
+    )
     parser.add_argument(
         "--multiplier", type=float, default=1.0, help="mass and damping multiplier of collection"
     )

@@ -309,3 +309,13 @@ def test_unknown_exorl_dataset_is_refused_before_any_download(tmp_path, server, 
         code = exorl_reformatter.main(["walker_foo", "--data_dir", str(tmp_path), "--base_url", url])
     assert code == 1 and len(served.requests) == before
     assert "ExORL publishes no 'foo' dataset; ExORL datasets: aps, diayn" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--collect_steps", "--episode_length", "--workers"])
+@pytest.mark.parametrize("value", ["0", "-3", "ten"])
+def test_counts_must_be_positive(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        exorl_reformatter.main(["walker_random", flag, value, "--data_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a whole number >= 1, got '{value}'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
