@@ -45,7 +45,6 @@ from agents.networks import (
     optimizer_step,
     polyak_update,
     project_to_sphere,
-    sample_action,
 )
 from data.batch import Batch
 
@@ -238,12 +237,7 @@ class FBAgent(AgentBase):
         Returns:
             z [n, d], every row of norm sqrt(d).
         """
-        n, d = batch.batch_size, self.config.z_dim
-        z = project_to_sphere(self._randn(n, d))  # [n, d]
-        perm = torch.randperm(n, generator=self.generator, device=self.device)  # [n]
-        mix = (
-            torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
-        )  # [n, 1]
+        z, perm, mix = self._z_draws(batch.batch_size)  # [n, d], [n], [n, 1]
         if goal_b is None:
             rec = self.model.backward_map.recurrent
             window = slice(None, -1) if self.config.z_mix_goal == "current" else slice(1, None)
@@ -252,13 +246,6 @@ class FBAgent(AgentBase):
             with self._autocast():
                 goal_b = self.model.backward_map(goal, goal_action).float()  # [n, d]
         return torch.where(mix, goal_b.detach().float()[perm], z)
-
-    def next_policy(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
-        """mu = pi(h_{t+1}, z) [n, A] with gradient, shared by the target action and the actor loss."""
-        rec = self.model.actor.recurrent
-        obs = last_rows(batch.obs_window[:, 1:], rec)  # [n, L_F or 1, o]
-        prev = last_rows(batch.prev_action_window[:, 1:], rec)  # [n, L_F or 1, a]
-        return self.model.actor(obs, prev, z)
 
     def online_backward(self, batch: Batch) -> torch.Tensor:
         """Online B(g_{t+1}) [n, d] with gradient (the measure loss's B; its detached rows mix z)."""
@@ -292,14 +279,10 @@ class FBAgent(AgentBase):
         recF, recB = self.model.forward_map.recurrent, self.model.backward_map.recurrent
         obs_t = last_rows(batch.obs_window[:, :-1], recF)  # [n, L_F, o]
         act_t = last_rows(batch.prev_action_window[:, 1:], recF)  # [n, L_F, a]
-        obs_next = last_rows(batch.obs_window[:, 1:], recF)  # [n, L_F, o]
         goal_next = last_rows(batch.goal_window[:, 1:], recB)  # [n, L_B, g]
         goal_act_next = last_rows(batch.goal_action_window[:, 1:], recB)  # [n, L_B, a]
         with torch.no_grad(), self._autocast():
-            next_action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
-            act_next = torch.cat([batch.prev_action_window[:, 2:], next_action[:, None]], dim=1)
-            act_next = last_rows(act_next, recF)  # [n, L_F, a], last row a'
-            F_next = self.target_forward(obs_next, act_next, z).float()  # [2, n, d]
+            F_next = self.target_forward_next(batch, z, next_mu, noise)  # [2, n, d]
             B_next = self.target_backward(goal_next, goal_act_next).float()  # [n, d]
             target_M = torch.minimum(F_next[0] @ B_next.T, F_next[1] @ B_next.T)  # [n, n]
         with self._autocast():
@@ -315,11 +298,8 @@ class FBAgent(AgentBase):
     def actor_loss(
         self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, Metrics]:
-        """-mean_i min_k F_k(h_{t+1}, a_i, z_i) . z_i with a ~ pi(h_{t+1}, z) reparameterised.
-
-        Only the last token of F's window depends on a: with memory, the prefix is encoded
-        without gradients (``memory.encode``) and the last token is stepped with gradients,
-        which gives the same actor gradient as encoding the whole window.
+        """-mean_i min_k F_k(h_{t+1}, a_i, z_i) . z_i with a ~ pi(h_{t+1}, z) reparameterised
+        (``policy_q``: the prefix of F's window is encoded without gradient).
 
         Args:
             batch: training windows.
@@ -327,16 +307,7 @@ class FBAgent(AgentBase):
             next_mu: [n, A] pi(h_{t+1}, z) with gradient.
             noise: [n, A] standard normal.
         """
-        cfg, fmap = self.config, self.model.forward_map
-        action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
-        obs_next = batch.obs_window[:, -1]  # [n, o]
-        with self._autocast():
-            with torch.no_grad():
-                state = fmap.prefix_state(batch.obs_window[:, 1:-1], batch.prev_action_window[:, 2:])
-            features, _ = fmap.step_features(obs_next, action, state)  # [n, hidden]
-            F = fmap.heads_from_features(features, obs_next, z).float()  # [2, n, d]
-        Q = (F * z[None]).sum(-1)  # [2, n]
-        q = Q.min(dim=0).values  # [n]
+        q = self.policy_q(batch, z, next_mu, noise)  # [n]
         loss = -q.mean()
         return loss, {
             "loss": loss.detach(),

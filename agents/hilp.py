@@ -49,7 +49,6 @@ from agents.networks import (
     optimizer_step,
     polyak_update,
     project_to_sphere,
-    sample_action,
 )
 from data.batch import Batch
 
@@ -203,12 +202,8 @@ class HILPAgent(AgentBase):
         Args:
             phi_next: [n, d] exposed features of the batch's next goals g_{t+1}.
         """
-        n, d = phi_next.shape
-        z = project_to_sphere(self._randn(n, d))  # [n, d]
-        perm = torch.randperm(n, generator=self.generator, device=self.device)  # [n]
-        mix = (
-            torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
-        )  # [n, 1]
+        n = phi_next.shape[0]
+        z, perm, mix = self._z_draws(n)  # [n, d], [n], [n, 1]
         sigma = phi_next.T @ phi_next / n  # [d, d]
         z_goal = project_to_sphere(phi_next[perm] @ torch.linalg.pinv(sigma, hermitian=True))  # [n, d]
         return torch.where(mix, z_goal, z)
@@ -270,13 +265,7 @@ class HILPAgent(AgentBase):
         """
         cfg, rec = self.config, self.model.forward_map.recurrent
         with torch.no_grad(), self._autocast():
-            next_action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
-            act_next = last_rows(
-                torch.cat([batch.prev_action_window[:, 2:], next_action[:, None]], dim=1), rec
-            )
-            psi_next = self.target_forward(
-                last_rows(batch.obs_window[:, 1:], rec), act_next, z
-            ).float()  # [2, n, d]
+            psi_next = self.target_forward_next(batch, z, next_mu, noise)  # [2, n, d]
             q_next = (psi_next * z).sum(-1)  # [2, n]
             lower = (q_next[1] < q_next[0])[:, None]  # [n, 1]
             target = phi_next + cfg.gamma * torch.where(lower, psi_next[1], psi_next[0])  # [n, d]
@@ -294,15 +283,7 @@ class HILPAgent(AgentBase):
         self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, Metrics]:
         """-mean min_k psi_k(h_{t+1}, a, z) . z, a ~ pi(h_{t+1}, z); prefix encoded without gradient."""
-        cfg, fmap = self.config, self.model.forward_map
-        action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
-        obs_next = batch.obs_window[:, -1]  # [n, o]
-        with self._autocast():
-            with torch.no_grad():
-                state = fmap.prefix_state(batch.obs_window[:, 1:-1], batch.prev_action_window[:, 2:])
-            features, _ = fmap.step_features(obs_next, action, state)  # [n, hidden]
-            psi = fmap.heads_from_features(features, obs_next, z).float()  # [2, n, d]
-        q = (psi * z[None]).sum(-1).min(dim=0).values  # [n]
+        q = self.policy_q(batch, z, next_mu, noise)  # [n]
         loss = -q.mean()
         return loss, {"loss": loss.detach(), "q": q.mean().detach()}
 
@@ -325,10 +306,7 @@ class HILPAgent(AgentBase):
         z = self.sample_z(phi_next)  # [n, d]
         target_noise, actor_noise = self._randn(n, A), self._randn(n, A)
         with self._autocast():
-            rec = self.model.actor.recurrent
-            next_mu = self.model.actor(
-                last_rows(batch.obs_window[:, 1:], rec), last_rows(batch.prev_action_window[:, 1:], rec), z
-            ).float()  # [n, A]
+            next_mu = self.next_policy(batch, z).float()  # [n, A]
         sf, sf_metrics = self._sf_loss_fn(batch, z, phi_next, next_mu.detach(), target_noise)
         optimizer_step(self.psi_optimizer, sf, self._psi_params, cfg.grad_clamp)
         phi, phi_metrics = self._phi_loss_fn(batch)

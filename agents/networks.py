@@ -18,10 +18,13 @@ import copy
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from data.batch import Batch
 
 State = tuple[torch.Tensor, ...]
 
@@ -592,7 +595,8 @@ def last_rows(window: torch.Tensor, recurrent: bool) -> torch.Tensor:
 class AgentBase:
     """The acting half shared by FB and HILP agents; subclasses build ``self.model`` and update.
 
-    The model must have ``actor`` (an ``Actor``) and implement ``infer_z``.
+    The model must have ``forward_map`` (F or psi, a ``ForwardMap``) and ``actor`` (an ``Actor``)
+    and implement ``infer_z``; the agent must have ``target_forward``.
     """
 
     name: str
@@ -609,6 +613,52 @@ class AgentBase:
 
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, device=self.device)
+
+    def _z_draws(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random parts of z sampling, in this order: sphere z [n, d], a batch permutation [n],
+        and the rows [n, 1] (a ``z_mix_ratio`` fraction) that take a goal's z instead."""
+        z = project_to_sphere(self._randn(n, self.config.z_dim))  # [n, d]
+        perm = torch.randperm(n, generator=self.generator, device=self.device)  # [n]
+        mix = (
+            torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
+        )  # [n, 1]
+        return z, perm, mix
+
+    def next_policy(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """mu = pi(h_{t+1}, z) [n, A] with gradient, shared by the target action and the actor loss."""
+        rec = self.model.actor.recurrent
+        obs = last_rows(batch.obs_window[:, 1:], rec)  # [n, L_F or 1, o]
+        prev = last_rows(batch.prev_action_window[:, 1:], rec)  # [n, L_F or 1, a]
+        return self.model.actor(obs, prev, z)
+
+    def target_forward_next(
+        self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Target F / psi heads [2, n, d] (fp32) at (h_{t+1}, a', z), a' = next_mu [n, A] plus clipped noise."""
+        cfg, rec = self.config, self.model.forward_map.recurrent
+        next_action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
+        act_next = torch.cat([batch.prev_action_window[:, 2:], next_action[:, None]], dim=1)  # [n, L_F, a]
+        obs_next = last_rows(batch.obs_window[:, 1:], rec)  # [n, L_F or 1, o]
+        return self.target_forward(obs_next, last_rows(act_next, rec), z).float()  # [2, n, d]
+
+    def policy_q(
+        self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """min_k F_k(h_{t+1}, a, z) . z [n], a = next_mu [n, A] plus clipped noise, reparameterised.
+
+        Only the last token of F's window depends on a: with memory, the prefix is encoded
+        without gradients (``memory.encode``) and the last token is stepped with gradients,
+        which gives the same actor gradient as encoding the whole window.
+        """
+        cfg, fmap = self.config, self.model.forward_map
+        action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
+        obs_next = batch.obs_window[:, -1]  # [n, o]
+        with self._autocast():
+            with torch.no_grad():
+                state = fmap.prefix_state(batch.obs_window[:, 1:-1], batch.prev_action_window[:, 2:])
+            features, _ = fmap.step_features(obs_next, action, state)  # [n, hidden]
+            F = fmap.heads_from_features(features, obs_next, z).float()  # [2, n, d]
+        return (F * z[None]).sum(-1).min(dim=0).values  # [n]
 
     def act(
         self, obs_window: torch.Tensor, prev_action_window: torch.Tensor, z: torch.Tensor
