@@ -34,7 +34,6 @@ from agents.networks import (
     build_actor,
     build_backward,
     build_forward,
-    chunked,
     configure_device,
     inference,
     last_rows,
@@ -145,10 +144,8 @@ class FBModel(nn.Module, InferenceMixin):
         Returns:
             [N, d] on the sphere of radius sqrt(d).
         """
-        rec = self.backward_map.recurrent
-        g, a = last_rows(goal_window, rec), last_rows(goal_action_window, rec)
-        return chunked(
-            self.backward_map, g.shape[0], self.config.inference_chunk, g, a, device=self._device()
+        return self._goal_windows_in_chunks(
+            self.backward_map, self.backward_map.recurrent, goal_window, goal_action_window
         )
 
     @inference

@@ -39,7 +39,6 @@ from agents.networks import (
     build_actor,
     build_backward,
     build_forward,
-    chunked,
     configure_device,
     inference,
     last_rows,
@@ -124,13 +123,9 @@ class HILPModel(nn.Module, InferenceMixin):
             goal_window: [N, L_B, g] B-stream windows ending at the represented state.
             goal_action_window: [N, L_B, a] action taken at each row.
         """
-        rec = self.phi_recurrent
-        g, a = last_rows(goal_window, rec), last_rows(goal_action_window, rec)
-        return chunked(
-            self.raw_features, g.shape[0], self.config.inference_chunk, g, a, device=self._device()
+        return self._goal_windows_in_chunks(
+            self.raw_features, self.phi_recurrent, goal_window, goal_action_window
         )
-
-    features = backward
 
     @inference
     def infer_z(

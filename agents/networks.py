@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -520,7 +521,7 @@ def make_adam(
     return torch.optim.Adam(groups, lr=lr, fused=fused or None)
 
 
-def maybe_compile(fn, config: RepresentationConfig):
+def maybe_compile(fn: Callable, config: RepresentationConfig) -> Callable:
     """``torch.compile(fn, mode=config.compile_mode)`` when ``config.compile``, else fn.
 
     Sets ``torch._dynamo.config.allow_rnn`` (process-wide) so that the GRU memory is traced into
@@ -608,7 +609,7 @@ class AgentBase:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.config.seed)
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     def _randn(self, *shape: int) -> torch.Tensor:
@@ -708,7 +709,7 @@ class AgentBase:
             self.generator.set_state(state["generator"].cpu())
 
 
-def inference(method):
+def inference(method: Callable) -> Callable:
     """Decorator for model inference methods: no_grad and eval mode (dropout off), restored after."""
 
     @functools.wraps(method)
@@ -728,6 +729,7 @@ class InferenceMixin:
     """Acting API shared by the FB and HILP models (``self.actor`` is an ``Actor``)."""
 
     actor: Actor
+    config: RepresentationConfig
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device  # type: ignore[attr-defined]
@@ -765,8 +767,18 @@ class InferenceMixin:
         z = z.to(dev).expand(obs.shape[0], -1) if z.dim() == 1 else z.to(dev)
         return self.actor.step(obs.to(dev), prev_action.to(dev), z, state)
 
-
-def chunked(fn, n: int, chunk: int, *tensors: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Concatenates fn(*slices) over chunks of ``chunk`` rows of the tensors (moved to device)."""
-    outs = [fn(*(t[i : i + chunk].to(device) for t in tensors)) for i in range(0, n, chunk)]
-    return torch.cat(outs, dim=0)
+    def _goal_windows_in_chunks(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        recurrent: bool,
+        goal_window: torch.Tensor,
+        goal_action_window: torch.Tensor,
+    ) -> torch.Tensor:
+        """fn over windows [N, L, .] (their last rows when not ``recurrent``), ``config.inference_chunk``
+        rows at a time moved to the model's device, concatenated to [N, ...]."""
+        g, a = last_rows(goal_window, recurrent), last_rows(goal_action_window, recurrent)
+        chunk, device = self.config.inference_chunk, self._device()
+        outs = [
+            fn(g[i : i + chunk].to(device), a[i : i + chunk].to(device)) for i in range(0, g.shape[0], chunk)
+        ]
+        return torch.cat(outs, dim=0)
