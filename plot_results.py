@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import logging
@@ -93,10 +92,7 @@ def find_runs(paths: list[str]) -> list[Run]:
     """Every run (directory with results.json) under the given paths."""
     runs = []
     for root in paths:
-        for results_path in sorted(
-            {*Path(root).rglob("results.json")}
-            | ({Path(root) / "results.json"} if (Path(root) / "results.json").exists() else set())
-        ):
+        for results_path in sorted(Path(root).rglob("results.json")):  # root's own results.json included
             results = json.loads(results_path.read_text())
             curve = [(int(p["step"]), float(p["mean_iqm"])) for p in results.get("curve", [])]
             runs.append(Run(results_path.parent, results, curve))
@@ -156,11 +152,13 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
 def score_matrix(group: list[Run], which: str, reference: list[Run] | None) -> tuple[np.ndarray, list[str]]:
     """[runs, tasks] scores, normalised to percent of the fully observed reference when given."""
     tasks = list(group[0].scores(which))
-    matrix = np.array([[run.scores(which).get(t, np.nan) for t in tasks] for run in group])  # [runs, tasks]
+
+    def scores(runs: list[Run]) -> np.ndarray:
+        return np.array([[run.scores(which).get(t, np.nan) for t in tasks] for run in runs])  # [runs, tasks]
+
+    matrix = scores(group)
     if reference:
-        ref = np.array([[run.scores(which).get(t, np.nan) for t in tasks] for run in reference]).mean(
-            0
-        )  # [tasks]
+        ref = scores(reference).mean(0)  # [tasks]
         matrix = 100.0 * matrix / np.where(np.abs(ref) > 1e-8, ref, np.nan)
     return matrix, tasks
 
@@ -168,13 +166,17 @@ def score_matrix(group: list[Run], which: str, reference: list[Run] | None) -> t
 def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[dict[str, Any]]:
     """One summary row per (method, domain, dataset) group."""
     groups = group_runs(runs)
+    missing = (float("nan"),) * 3
     rows = []
     for (method, domain, dataset), group in sorted(groups.items()):
-        base = domain.split("_")[0]
+        base = group[0].base_domain
         reference = groups.get((method, base, dataset)) if domain != base else None
         matrix, tasks = score_matrix(group, which, reference)
-        valid = matrix[:, ~np.isnan(matrix).any(0)]
-        point, lo, hi = stratified_bootstrap_ci(valid, reps) if valid.size else (float("nan"),) * 3
+        valid = matrix[:, ~np.isnan(matrix).any(0)]  # [runs, tasks with every score defined]
+        point, lo, hi = stratified_bootstrap_ci(valid, reps) if valid.size else missing
+        mean_of_tasks = (
+            stratified_bootstrap_ci(valid, reps, aggregate=mean_of_task_iqms) if valid.size else missing
+        )
         per_task = {
             t: stratified_bootstrap_ci(matrix[:, [i]], reps)
             for i, t in enumerate(tasks)
@@ -190,9 +192,7 @@ def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[d
                 "seeds": len(group),
                 "normalised": bool(reference),
                 "iqm": point,
-                "mean_of_tasks": stratified_bootstrap_ci(valid, reps, aggregate=mean_of_task_iqms)
-                if valid.size
-                else (float("nan"),) * 3,
+                "mean_of_tasks": mean_of_tasks,
                 "ci": (lo, hi),
                 "per_task": per_task,
                 "runs": group,
@@ -244,13 +244,19 @@ def markdown(rows: list[dict[str, Any]], which: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Learning curves: mean-over-tasks IQM against gradient steps, mean over seeds (min-max band)."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Learning curves: mean-over-tasks IQM against gradient steps, mean over seeds (min-max band)."""
+    plt = _pyplot()
     domains = sorted({r["domain"] for r in rows})
     fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.6), squeeze=False)
     for ax, domain in zip(axes[0], domains, strict=True):
@@ -275,11 +281,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
     """Bar chart of each group's aggregate IQM with its 95 % CI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.8))
     labels = [f"{r['method']}\n{r['domain']}" for r in rows]
     points = np.array([r["iqm"] for r in rows])
@@ -306,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = find_runs(args.paths)
     if not runs:
-        sys.stderr.write(f"plot_results.py: error: no results.json under {', '.join(args.paths)}\n")
+        sys.stderr.write(
+            f"plot_results.py: error: no results.json under {', '.join(args.paths)}; "
+            "pass run directories written by main_exorl.py, or folders above them\n"
+        )
         return 2
     rows = aggregate(runs, args.which, args.reps)
     out = Path(args.out)
@@ -325,12 +330,6 @@ def main(argv: list[str] | None = None) -> int:
         out / "iqm_bars.png",
     )
     return 0
-
-
-def read_eval_csv(run_dir: Path) -> list[dict[str, str]]:
-    """eval.csv rows of a run (for ad-hoc analysis)."""
-    with (Path(run_dir) / "eval.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 if __name__ == "__main__":
