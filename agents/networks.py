@@ -228,7 +228,8 @@ class BackwardMap(nn.Module):
     Without memory: g_t -> 512 -> LayerNorm -> tanh -> 512 -> ReLU -> d. With memory: a memory
     model over the (g_k, a_k) tokens whose summary head maps to d, ending in a ReLU when
     ``memory_output_relu`` (the reference code's quirk, kept by default: B then lies in the
-    positive orthant).
+    positive orthant). Frame stacking (``mlp``) has one MLP layer here, as in the reference,
+    unless ``memory_settings`` set ``num_layers``.
 
     Args:
         goal_dim: B-stream observation width.
