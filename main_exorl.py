@@ -21,7 +21,10 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from training.config import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXIT_BAD_INPUT = 2
@@ -203,6 +206,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
+    import agents
     from training import config as tc
 
     if not OmegaConf.has_resolver("memory_label"):
@@ -212,11 +216,11 @@ def register_configs() -> None:
     cs.store(group="env", name="base_env", node=tc.EnvSettings)
     cs.store(group="train", name="base_train", node=tc.TrainSettings)
     cs.store(group="logger", name="base_logger", node=tc.LoggerSettings)
-    for name, cls_name in (("base_fb", "FBConfig"), ("base_hilp", "HILPConfig")):
-        cs.store(group="agent", name=name, node=_agent_schema(cls_name))
+    for name, config_cls in (("base_fb", agents.FBConfig), ("base_hilp", agents.HILPConfig)):
+        cs.store(group="agent", name=name, node=_agent_schema(config_cls))
 
 
-def _agent_schema(cls_name: str) -> Any:
+def _agent_schema(config_cls: type) -> Any:
     """AgentSettings (name, recurrent flags) plus every tunable field of the agents' config class.
 
     Fields the run config sets from other groups (memory type, widths, context lengths, seed)
@@ -225,27 +229,20 @@ def _agent_schema(cls_name: str) -> Any:
     from training import builders
     from training.config import AgentSettings
 
-    own = [(f.name, f.type, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
-    try:
-        import agents
-
-        config_cls = getattr(agents, cls_name)
-    except (ImportError, AttributeError):  # agents package not there yet: only the algorithm choice
-        config_cls = None
+    own = [(f.name, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
+    skip = {name for name, _ in own} | set(builders.MEMORY_FIELD_NAMES)
     extra = []
-    if config_cls is not None:
-        skip = {name for name, _, _ in own} | set(builders.MEMORY_FIELD_NAMES)
-        for f in dataclasses.fields(config_cls):
-            if f.name in skip or not f.init:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            if isinstance(default, tuple):
-                default = list(default)
-            if f.name in builders.DOMAIN_DEPENDENT_FIELDS:
-                default = None  # filled per domain by builders.domain_defaults unless set
-            extra.append((f.name, Any, dataclasses.field(default_factory=lambda d=default: d)))
-    fields = [(n, Any, dataclasses.field(default=d)) for n, _, d in own] + extra
-    return dataclasses.make_dataclass(f"{cls_name}Schema", fields)
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = list(default)
+        if f.name in builders.DOMAIN_DEPENDENT_FIELDS:
+            default = None  # filled per domain by builders.domain_defaults unless set
+        extra.append((f.name, Any, dataclasses.field(default_factory=lambda d=default: d)))
+    fields = [(n, Any, dataclasses.field(default=d)) for n, d in own] + extra
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields)
 
 
 def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
@@ -272,7 +269,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
         GlobalHydra.instance().clear()
 
 
-def check_job(values: dict[str, Any]) -> Any:
+def check_job(values: dict[str, Any]) -> RunConfig:
     """Everything that can be checked before training: names, numbers, tasks, dataset, run dir.
 
     Returns:
@@ -292,7 +289,7 @@ def check_job(values: dict[str, Any]) -> Any:
     return cfg
 
 
-def main(cfg: Any) -> dict[str, Any]:
+def main(cfg: RunConfig) -> dict[str, Any]:
     """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
     import torch
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from training.evaluation import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +141,6 @@ def agent_config(cfg: RunConfig) -> Any:
     return config_cls(**values)
 
 
-MEMORY_FIELD_NAMES: tuple[str, ...] = (
-    "memory_type",
-    "model_dimension",
-    "history_length",
-    "backward_history_length",
-    "recurrent_F",
-    "recurrent_B",
-    "seed",
-    "batch_size",
-)
-
-
 def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
     """Run-config values under the names the agents' config uses."""
     return {
@@ -162,6 +153,10 @@ def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "batch_size": cfg.train.batch_size,
     }
+
+
+# The agent fields the run config fills from other groups (not set as agent.<field> on the CLI).
+MEMORY_FIELD_NAMES: tuple[str, ...] = tuple(_memory_fields(RunConfig()))
 
 
 DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = ("gamma_phi", "sf_loss")
@@ -187,7 +182,7 @@ def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:
     )
 
 
-def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Any:
+def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Evaluator:
     """An Evaluator over one BatchedEvalEnv of every task x multiplier x rollout."""
     import envs
     from training.evaluation import Evaluator
