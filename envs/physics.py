@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 from dm_control.suite import cheetah, common, quadruped, walker
 
 from envs.specs import check_domain, check_multiplier
@@ -10,6 +14,21 @@ from envs.specs import check_domain, check_multiplier
 # 20 s x 0.5 m/s = 10, no terrain geom, no rangefinders, 78-dim observation), as the reference
 # code does. The heightfield asset survives, so escape's radius (hfield size 30) is defined.
 QUADRUPED_FLOOR_SIZE = 10.0
+
+
+@contextlib.contextmanager
+def _absl_filtered(text: str) -> Iterator[None]:
+    """Drops absl log records containing ``text`` (a known, harmless dm_control warning)."""
+    absl_logger = logging.getLogger("absl")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    absl_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(keep)
 
 
 def make_physics(domain: str, multiplier: float = 1.0):
@@ -31,7 +50,8 @@ def make_physics(domain: str, multiplier: float = 1.0):
         physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
     else:
         xml = quadruped.make_model(floor_size=QUADRUPED_FLOOR_SIZE)
-        physics = quadruped.Physics.from_xml_string(xml, common.ASSETS)
+        with _absl_filtered("settotalmass"):  # dm_control's own quadruped XML uses it
+            physics = quadruped.Physics.from_xml_string(xml, common.ASSETS)
     scale_dynamics(physics, m)
     return physics
 
