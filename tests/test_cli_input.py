@@ -254,3 +254,20 @@ def test_resume_false_refuses_a_checkpointed_run_dir(
     argv = ["fb_m", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}", "resume=false"]
     line = fail(argv, capsys)
     assert "already holds a checkpoint (step_000000003); pass resume=true" in line
+
+
+def test_missing_changed_dynamics_dataset_says_to_collect(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Changed-dynamics data is not public: the remedy is a local collection at that multiplier."""
+    args = [
+        "fb_m",
+        "walker",
+        "rnd",
+        "--train_multipliers",
+        "1.5",
+        f"--data_dir={data_dir}",
+        f"run_root={tmp_path}",
+    ]
+    line = fail(args, capsys)
+    assert "exorl_reformatter.py walker_rnd" in line and "--collect" in line and "--multiplier 1.5" in line

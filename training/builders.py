@@ -80,17 +80,16 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
         ConfigError: a dataset file is missing (names the path and how to make it).
     """
     from data import dataset_path
+    from data.exorl import create_command
 
     paths = [
         Path(dataset_path(cfg.env.data_dir, domain, cfg.env.dataset, m)) for m in cfg.env.train_multipliers
     ]
     for path, m in zip(paths, cfg.env.train_multipliers, strict=True):
         if not path.exists():
-            hint = f"python exorl_reformatter.py {domain}_{cfg.env.dataset}"
-            if m != 1.0:
-                hint += f" --multiplier {m:g}"
             raise ConfigError(
-                f"missing dataset {path} (domain {domain}, dataset {cfg.env.dataset}, multiplier {m:g}); create it with `{hint}` or pass --data_dir"
+                f"missing dataset {path} (domain {domain}, dataset {cfg.env.dataset}, multiplier {m:g}); "
+                f"create it with `{create_command(path)}` or pass --data_dir"
             )
     return paths
 
