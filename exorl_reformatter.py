@@ -2,10 +2,12 @@
 
     python exorl_reformatter.py walker_rnd [cheetah_rnd ...] [--data_dir datasets] [--episodes N]
     python exorl_reformatter.py walker_rnd --collect --collect_steps 200000 --multiplier 1.5
+    python exorl_reformatter.py walker_rnd --collect --explorer cpu --collect_steps 300000
 
 For each DOMAIN_ALGO pair: if raw episode files exist in ``<data_dir>/<domain>/<algo>/buffer/``
 they are reformatted; otherwise the public ExORL archive is downloaded (resumable), extracted and
 reformatted; with ``--collect`` the episodes are generated locally (``random`` or ``rnd``) first.
+``--explorer cpu`` shrinks the RND explorer so that a 2-core CPU collects in minutes, not days.
 Rewards of every task of the domain with a reward function (``DOMAINS[domain].reward_tasks``) are
 relabelled from the stored physics. Running it again with nothing new does nothing.
 """
@@ -19,9 +21,17 @@ import os
 import sys
 from pathlib import Path
 
+from agents.rnd import RND_PRESETS, rnd_config
 from data.collect import COLLECT_ALGOS, collect
 from data.download import EXORL_ALGOS, EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
-from data.exorl import DatasetError, buffer_dir, dataset_path, list_episode_files, read_manifest
+from data.exorl import (
+    EPISODE_SELECTIONS,
+    DatasetError,
+    buffer_dir,
+    dataset_path,
+    list_episode_files,
+    read_manifest,
+)
 from data.reformat import DOWNLOAD_FILE, reformat
 
 logger = logging.getLogger("exorl_reformatter")
@@ -59,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data_dir", default="datasets", help="dataset root (default: datasets)")
     parser.add_argument(
-        "--episodes", type=positive_int, default=None, help="keep the first N episodes (default: all)"
+        "--episodes", type=positive_int, default=None, help="keep N of the episodes (default: all)"
+    )
+    parser.add_argument(
+        "--episode_selection",
+        choices=EPISODE_SELECTIONS,
+        default="spread",
+        help="which N episodes --episodes keeps: spread evenly over the collection (default) or the first N",
     )
     parser.add_argument(
         "--delete_raw", action="store_true", help="delete the raw episode files after reformatting"
@@ -82,9 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--multiplier", type=float, default=1.0, help="mass and damping multiplier of collection"
     )
+    parser.add_argument(
+        "--explorer",
+        choices=sorted(RND_PRESETS),
+        default="urlb",
+        help="RND explorer size: urlb (URLB's, a GPU job) or cpu (small, for a 2-core CPU); default urlb",
+    )
+    parser.add_argument("--rnd_hidden_dim", type=positive_int, help="RND explorer width (overrides --explorer)")
+    parser.add_argument(
+        "--rnd_batch_size", type=positive_int, help="RND explorer batch size (overrides --explorer)"
+    )
+    parser.add_argument(
+        "--rnd_update_every",
+        type=positive_int,
+        help="environment steps per RND explorer update (overrides --explorer)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="collection seed")
     parser.add_argument("--device", default="cpu", help="torch device of the RND explorer")
     return parser
+
+
+def explorer_config(args: argparse.Namespace):
+    """The RND explorer settings: the ``--explorer`` preset with the ``--rnd_*`` flags applied."""
+    return rnd_config(
+        args.explorer,
+        hidden_dim=args.rnd_hidden_dim,
+        batch_size=args.rnd_batch_size,
+        update_every_steps=args.rnd_update_every,
+    )
 
 
 def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
@@ -103,6 +144,7 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
             args.seed,
             args.multiplier,
             args.episode_length,
+            rnd_config=explorer_config(args),
             device=args.device,
         )
         source = {"kind": "collected"}

@@ -49,6 +49,7 @@ FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
     "train_multipliers": ("env.train_multipliers", "list"),
     "eval_multipliers": ("env.eval_multipliers", "list"),
     "episodes": ("env.episodes", "value"),
+    "episode_selection": ("env.episode_selection", "value"),
     "data_dir": ("env.data_dir", "value"),
     "learning_steps": ("train.learning_steps", "value"),
     "batch_size": ("train.batch_size", "value"),
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning_steps", type=int, help="gradient steps (default 1,000,000)")
     p.add_argument("--batch_size", type=int, help="default 512")
     p.add_argument("--episodes", type=int, help="episodes loaded from the dataset (default 5000)")
+    p.add_argument(
+        "--episode_selection",
+        help="which --episodes: spread (default, evenly over the whole collection) or first (by index)",
+    )
     p.add_argument("--eval_frequency", type=int, help="evaluate at step 0 and every N steps (default 20,000)")
     p.add_argument("--eval_rollouts", type=int, help="episodes per task per evaluation (default 10)")
     p.add_argument(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data.batch import Batch, LabelledWindows
-from data.exorl import DatasetError, read_array_prefix, read_manifest, reward_key
+from data.exorl import DatasetError, read_array_rows, read_manifest, reward_key, select_episodes
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class SequenceBuffer:
         paths: one ``dataset.npz`` or several (several train multipliers, concatenated; the
             ``episodes`` are split evenly between them).
         domain: domain the data must belong to (shapes and tasks are checked against it).
-        episodes: number of episodes to load (the first ones by episode index); None loads all.
+        episodes: number of episodes to load; None loads all.
         history_length: L_F, context length of F and pi.
         backward_history_length: L_B, context length of B (and HILP's phi).
         dynamics_transform: POMDP transform of the F/pi stream (``envs.make_transform``); None = identity.
@@ -59,6 +59,8 @@ class SequenceBuffer:
         pad_with_zeros: pad slots before the episode start with zero observations instead of
             repeating the first observation (actions of padded slots are zero either way).
         tasks: tasks whose relabelled rewards are loaded; default every eval task of the domain.
+        episode_selection: which ``episodes`` of each dataset are loaded (``data.exorl.select_episodes``):
+            ``spread`` evenly over the whole collection (default) or the ``first`` N by index.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SequenceBuffer:
         resample_per_batch: bool = False,
         pad_with_zeros: bool = False,
         tasks: Sequence[str] | None = None,
+        episode_selection: str = "spread",
     ) -> None:
         from envs.specs import check_domain
 
@@ -93,7 +96,7 @@ class SequenceBuffer:
         self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 2))
         self.labelled_generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 3))
 
-        obs, action, rewards = self._load(episodes)
+        obs, action, rewards = self._load(episodes, episode_selection)
         self.num_episodes, self.rows = obs.shape[0], obs.shape[1]
         self.episode_length = self.rows - 1
         if self.episode_length < 2:
@@ -123,27 +126,27 @@ class SequenceBuffer:
     # ------------------------------------------------------------------------------------------
     # loading
 
-    def _load(self, episodes: int | None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    def _load(
+        self, episodes: int | None, selection: str
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         n = len(self.paths)
         wanted = [None] * n if episodes is None else [episodes // n + (i < episodes % n) for i in range(n)]
-        parts, manifests = [], []
+        parts, manifests, selected = [], [], []
         for path, want in zip(self.paths, wanted, strict=True):
             manifest = read_manifest(path)
             self._check_manifest(path, manifest)
-            take = manifest["episodes"] if want is None else min(want, manifest["episodes"])
+            positions = select_episodes(manifest["episodes"], want, selection)
             if want is not None and want > manifest["episodes"]:
                 logger.warning(
                     "%s holds %d episodes, fewer than the %d requested", path, manifest["episodes"], want
                 )
-            part = {
-                "observation": read_array_prefix(path, "observation", take),
-                "action": read_array_prefix(path, "action", take),
-            }
-            for task in self.tasks:
-                part[reward_key(task)] = read_array_prefix(path, reward_key(task), take)
-            self._check_shapes(path, part, take)
+            keys = ("observation", "action", *(reward_key(task) for task in self.tasks))
+            part = {key: read_array_rows(path, key, positions) for key in keys}
+            self._check_shapes(path, part, len(positions))
             parts.append(part)
             manifests.append(manifest)
+            indices = manifest.get("episode_indices") or list(range(manifest["episodes"]))
+            selected.append([indices[p] for p in positions if p < len(indices)])
         rows = {p["observation"].shape[1] for p in parts}
         if len(rows) > 1:
             raise DatasetError(
@@ -152,6 +155,8 @@ class SequenceBuffer:
         self.manifest = {
             "paths": [str(p) for p in self.paths],
             "episodes": [len(p["observation"]) for p in parts],
+            "episode_selection": selection,
+            "episode_indices": selected,
             "datasets": manifests,
         }
 

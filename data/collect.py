@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 AGENT_STATE_FILE = ".rnd_agent.pt"
 COLLECT_ALGOS = ("random", "rnd")
-_RESUME_KEYS = ("domain", "algorithm", "seed", "multiplier", "episode_length", "task")
+_RESUME_KEYS = ("domain", "algorithm", "seed", "multiplier", "episode_length", "task", "rnd")
 
 
 def run_episode(env, policy, episode_length: int) -> dict[str, np.ndarray]:
@@ -102,7 +102,7 @@ def _check_resume(folder: Path, settings: dict, existing: list[Path]) -> None:
     record = folder / COLLECTION_FILE
     if record.is_file():
         previous = json.loads(record.read_text())
-        diff = {k: (previous.get(k), settings[k]) for k in _RESUME_KEYS if previous.get(k) != settings[k]}
+        diff = {k: (previous.get(k), settings.get(k)) for k in _RESUME_KEYS if previous.get(k) != settings.get(k)}
         if diff:
             raise DatasetError(
                 f"{folder} holds a collection with other settings {diff} (previous, now); "

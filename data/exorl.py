@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,28 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
+EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")
+
+
+def select_episodes(available: int, wanted: int | None, selection: str = "spread") -> list[int]:
+    """Positions (0-based, ascending) of the episodes a subset of ``wanted`` out of ``available`` keeps.
+
+    ``spread`` (the default) takes every (available / wanted)-th episode, evenly strided over the
+    whole collection; ``first`` takes the first ``wanted``. ExORL numbers episodes in collection order,
+    so ``first`` keeps the earliest, least exploratory part of an RND collection.
+
+    Raises:
+        ValueError: unknown ``selection``.
+    """
+    if selection not in EPISODE_SELECTIONS:
+        raise ValueError(f"unknown episode selection {selection!r}; accepted: {', '.join(EPISODE_SELECTIONS)}")
+    if wanted is None or wanted >= available:
+        return list(range(available))
+    if selection == "first":
+        return list(range(wanted))
+    return [i * available // wanted for i in range(wanted)]
+
+
 def read_array_prefix(path: str | os.PathLike, key: str, rows: int | None = None) -> np.ndarray:
     """Read the first ``rows`` entries (along axis 0) of one array of an ``.npz`` without loading the rest.
 
@@ -291,41 +314,50 @@ def read_array_prefix(path: str | os.PathLike, key: str, rows: int | None = None
     Raises:
         DatasetError: missing key, pickled array, truncated or corrupt file.
     """
+    return read_array_rows(path, key, None if rows is None else range(rows))
+
+
+def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] | None = None) -> np.ndarray:
+    """Read the entries ``positions`` (along axis 0, ascending) of one array of an ``.npz``.
+
+    Only the chosen entries are kept in memory; the stored file is streamed once. Positions past
+    the end of the array are dropped.
+
+    Args:
+        path: the ``.npz`` file.
+        key: array name.
+        positions: ascending entry indices; None reads everything (and verifies the zip CRC).
+
+    Returns:
+        The array [len(positions), ...].
+
+    Raises:
+        DatasetError: missing key, pickled array, truncated or corrupt file.
+    """
     path = Path(path)
+    if positions is not None and any(b <= a for a, b in zip(positions, positions[1:])):
+        raise ValueError(f"positions must be strictly ascending, got {list(positions)[:10]}...")
     with _open_npz(path) as zf:
         if f"{key}.npy" not in zf.namelist():
             found = sorted(n.removesuffix(".npy") for n in zf.namelist())
             raise DatasetError(f"{path}: no array {key!r}; found {found}")
         try:
             with zf.open(f"{key}.npy") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(f)
-                if dtype.hasobject:
-                    raise DatasetError(
-                        f"{path}: array {key!r} holds pickled objects; not a dataset of this project"
-                    )
-                if fortran:
-                    raise DatasetError(
-                        f"{path}: array {key!r} is Fortran-ordered; not written by this project"
-                    )
-                n = shape[0] if rows is None else min(rows, shape[0])
-                count = n * int(np.prod(shape[1:], dtype=np.int64))
-                out = np.empty((n, *shape[1:]), dtype=dtype)
+                shape, dtype = _read_npy_header(path, key, f)
+                wanted = list(range(shape[0])) if positions is None else [p for p in positions if p < shape[0]]
+                row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+                out = np.empty((len(wanted), *shape[1:]), dtype=dtype)
                 view = memoryview(out.reshape(-1).view(np.uint8))
-                got = 0
-                while got < count * dtype.itemsize:
-                    chunk = f.readinto(view[got:])
-                    if not chunk:
-                        break
-                    got += chunk
-                if got != count * dtype.itemsize:
-                    raise DatasetError(f"{path}: array {key!r} is truncated")
-                if rows is None or n == shape[0]:
+                if wanted == list(range(len(wanted))):  # a prefix: one read
+                    _read_exact(path, key, f, view)
+                else:
+                    scratch, at = bytearray(row_bytes), 0
+                    for i, position in enumerate(wanted):
+                        for _ in range(position - at):  # skip rows (ZipExtFile seeks by reading)
+                            _read_exact(path, key, f, memoryview(scratch))
+                        _read_exact(path, key, f, view[i * row_bytes : (i + 1) * row_bytes])
+                        at = position + 1
+                if len(wanted) and wanted[-1] == shape[0] - 1:
                     f.read(1)  # reach EOF so the zip CRC is verified
         except DatasetError:
             raise
@@ -334,6 +366,28 @@ def read_array_prefix(path: str | os.PathLike, key: str, rows: int | None = None
                 f"{path}: truncated or corrupt dataset ({e}); rerun: {create_command(path)}"
             ) from e
     return out
+
+
+def _read_npy_header(path: Path, key: str, f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(f)
+    if dtype.hasobject:
+        raise DatasetError(f"{path}: array {key!r} holds pickled objects; not a dataset of this project")
+    if fortran:
+        raise DatasetError(f"{path}: array {key!r} is Fortran-ordered; not written by this project")
+    return shape, dtype
+
+
+def _read_exact(path: Path, key: str, f, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        chunk = f.readinto(view[got:])
+        if not chunk:
+            raise DatasetError(f"{path}: array {key!r} is truncated")
+        got += chunk
 
 
 def verify_dataset(path: str | os.PathLike) -> None:

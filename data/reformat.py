@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.coverage import coverage, format_coverage
 from data.exorl import (
     DATASET_FILE,
     DatasetError,
@@ -21,6 +22,7 @@ from data.exorl import (
     read_episode,
     read_manifest,
     reward_key,
+    select_episodes,
     write_dataset,
 )
 
@@ -79,6 +81,7 @@ def reformat(
     *,
     multiplier: float = 1.0,
     episodes: int | None = None,
+    selection: str = "spread",
     source: dict | None = None,
     workers: int | None = None,
     delete_raw: bool = False,
@@ -88,7 +91,8 @@ def reformat(
     Every task of ``DOMAINS[domain].reward_tasks`` is relabelled (the paper's evaluation tasks and,
     for quadruped, walk and run).
 
-    Episodes are taken in numeric index order; ``episodes`` keeps the first N. Nothing happens when
+    Episodes are taken in numeric index order; ``episodes`` keeps N of them, spread evenly over the
+    whole collection (``selection="spread"``) or the first N (``"first"``). Nothing happens when
     ``dataset.npz`` already holds exactly these episodes (idempotent). Peak memory is the packed
     arrays plus one episode per worker; the file is written atomically.
 
@@ -97,7 +101,8 @@ def reformat(
         domain: walker, cheetah or quadruped (shapes are checked against it).
         algo: exploration algorithm name, recorded in the manifest.
         multiplier: mass/damping multiplier the data was collected at (relabelling uses it).
-        episodes: keep the first N episodes; None keeps all.
+        episodes: keep N episodes; None keeps all.
+        selection: which N (``data.exorl.select_episodes``): ``spread`` or ``first``.
         source: provenance for the manifest (e.g. the download URL); ``collection.json`` in the
             folder, written by local collection, is added to it.
         workers: processes for relabelling and threads for reading; default all cores.
@@ -119,20 +124,27 @@ def reformat(
     check_domain(domain)
     workers = workers or os.cpu_count() or 1
     all_files = list_episode_files(folder)
-    files = all_files[:episodes] if episodes else all_files
+    files = [all_files[i] for i in select_episodes(len(all_files), episodes, selection)]
     out = folder / DATASET_FILE
     if not files:
         raise DatasetError(f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat")
     if delete_raw and len(files) < len(all_files):
         raise DatasetError(
             f"{folder}: delete_raw would delete {len(all_files) - len(files)} raw episodes that the "
-            f"dataset of the first {len(files)} would not hold; reformat every episode (no --episodes) "
+            f"dataset of {len(files)} would not hold; reformat every episode (no --episodes) "
             "or keep the raw files (no --delete_raw)"
         )
     if _up_to_date(out, [f.name for f in files], domain, multiplier):
         logger.info("%s is up to date (%d episodes); nothing to do", out, len(files))
+        stats = read_manifest(out).get("coverage")
+        if stats:
+            logger.info("coverage of %s:\n%s", out, format_coverage(stats))
     else:
-        settings = {"episodes_requested": episodes, "raw_episodes_available": len(all_files)}
+        settings = {
+            "episodes_requested": episodes,
+            "episode_selection": selection,
+            "raw_episodes_available": len(all_files),
+        }
         _pack(out, files, domain, algo, multiplier, workers, settings, _source(folder, source))
     if delete_raw:
         for f in all_files:
@@ -164,6 +176,7 @@ def _pack(
     for task in info.reward_tasks:
         arrays[reward_key(task)] = np.asarray(rewards[task], np.float32).reshape(len(files), length + 1)
     relabel_s = time.perf_counter() - start - read_s
+    stats = coverage(domain, {t: arrays[reward_key(t)] for t in info.reward_tasks}, arrays["observation"])
     manifest = {
         "domain": domain,
         "algo": algo,
@@ -175,6 +188,7 @@ def _pack(
         "episode_indices": [parse_episode_name(f)[0] for f in files],
         "settings": settings,
         "source": source,
+        "coverage": stats,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_dataset(out, arrays, manifest)
@@ -183,6 +197,7 @@ def _pack(
         "wrote %s: %d episodes x %d steps in %.1f s (read %.1f s, relabel %.1f s, %.0f transitions/s)",
         out, len(files), length, total, read_s, relabel_s, len(files) * length / total,
     )  # fmt: skip
+    logger.info("coverage of %s:\n%s", out, format_coverage(stats))
 
 
 def _source(folder: Path, source: dict | None) -> dict:

@@ -144,13 +144,21 @@ def test_labelled_windows(encoded):
     np.testing.assert_allclose(labelled.rewards["flip"].numpy(), 1000 * episode + s + 0.3, rtol=1e-6)
 
 
-def test_several_datasets_and_episode_prefix(tmp_path):
+@pytest.mark.parametrize(
+    "selection, expected",
+    [("first", {0, 1, 2, 3, 100, 101, 102}), ("spread", {0, 2, 5, 7, 100, 103, 106})],
+)
+def test_several_datasets_and_episode_subsets(tmp_path, selection, expected):
     a = encoded_dataset(dataset_path(tmp_path, DOMAIN, "rnd"), episodes=10)
     b = encoded_dataset(dataset_path(tmp_path, DOMAIN, "rnd", 1.5), episodes=10, episode_offset=100)
-    buffer = SequenceBuffer([a, b], DOMAIN, 7, 2, 2, seed=0)
+    buffer = SequenceBuffer([a, b], DOMAIN, 7, 2, 2, seed=0, episode_selection=selection)
     assert buffer.num_episodes == 7 and buffer.manifest["episodes"] == [4, 3]
+    assert buffer.manifest["episode_selection"] == selection
+    assert buffer.manifest["episode_indices"] == [
+        sorted(e for e in expected if e < 100), sorted(e - 100 for e in expected if e >= 100)
+    ]
     episodes = set(decode(buffer.sample(4000).obs_window[:, -1])[0])
-    assert episodes == {0, 1, 2, 3, 100, 101, 102}
+    assert episodes == expected
 
 
 def test_seeded_and_no_global_rng(encoded):

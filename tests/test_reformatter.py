@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import exorl_reformatter
-from agents.rnd import RNDConfig
+from agents.rnd import RND_PRESETS, RNDConfig, rnd_config
 from data import DatasetError, SequenceBuffer, dataset_path, list_episode_files, read_episode, read_manifest
 from data.collect import collect
 from data.download import DownloadError, download, extract_archive
-from data.exorl import buffer_dir, verify_dataset, write_episode
+from data.exorl import buffer_dir, select_episodes, verify_dataset, write_episode
 from data.reformat import reformat
 from envs import DOMAINS
 
@@ -74,6 +74,34 @@ def test_reformat_round_trip(tmp_path, raw_episodes):
     assert read_manifest(out)["episode_indices"] == [2, 9, 10] and not list_episode_files(folder)
     buffer = SequenceBuffer(out, DOMAIN, None, 4, 2, seed=0)
     assert buffer.num_episodes == 3 and buffer.episode_length == LENGTH
+
+
+@pytest.mark.parametrize("selection, kept", [("spread", [2, 10]), ("first", [2, 9])])
+def test_reformat_episode_selection_and_coverage(tmp_path, raw_episodes, selection, kept):
+    folder = buffer_dir(tmp_path, DOMAIN, "rnd")
+    write_raw(folder, [*raw_episodes, raw_episodes[0]], [2, 9, 10, 11])
+    out = reformat(folder, DOMAIN, "rnd", episodes=2, selection=selection, workers=1)
+    manifest = read_manifest(out)
+    assert manifest["episode_indices"] == kept and manifest["settings"]["episode_selection"] == selection
+    stats = manifest["coverage"]
+    with np.load(out, allow_pickle=False) as data:
+        stand, height = data["reward_stand"][:, 1:], data["observation"][:, 1:, 14]
+        assert stats["states"] == 2 * LENGTH
+        assert stats["reward_above"]["stand"]["0.5"] == pytest.approx(np.mean(stand > 0.5))
+        assert stats["reward_above"]["flip"]["0.8"] == pytest.approx(np.mean(data["reward_flip"][:, 1:] > 0.8))
+        assert stats["mean_reward"]["walk"] == pytest.approx(np.mean(data["reward_walk"][:, 1:]), rel=1e-5)
+        assert stats["torso_height_quantiles"]["0.5"] == pytest.approx(np.median(height), rel=1e-5)
+    # The first states of an episode (standing, before the walker falls) score well on stand.
+    assert 0 < stats["reward_above"]["stand"]["0.8"] < 1
+    assert set(stats["reward_above"]) == set(INFO.reward_tasks)
+
+
+def test_select_episodes():
+    assert select_episodes(10, 4) == [0, 2, 5, 7] and select_episodes(10, 4, "first") == [0, 1, 2, 3]
+    assert select_episodes(3, None) == select_episodes(3, 5) == [0, 1, 2]
+    assert select_episodes(10_000, 5000) == list(range(0, 10_000, 2))
+    with pytest.raises(ValueError, match="accepted: spread, first"):
+        select_episodes(3, 2, "random")
 
 
 def test_reformat_relabels_every_task_with_a_reward(tmp_path):
@@ -281,6 +309,28 @@ def test_collect_rnd_writes_valid_files_and_resumes(tmp_path, one_thread):
     )  # resumes, updates run
     assert len(list_episode_files(folder)) == 4
     assert json.loads((folder / "collection.json").read_text())["rnd"]["hidden_dim"] == 32
+
+
+def test_cli_explorer_options_are_recorded(tmp_path):
+    args = ["walker_rnd", "--collect", "--collect_steps", "40", "--episode_length", "20", "--explorer", "cpu",
+            "--rnd_batch_size", "64", "--rnd_update_every", "4", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+    assert exorl_reformatter.main(args) == 0
+    rnd = read_manifest(dataset_path(tmp_path, DOMAIN, "rnd"))["source"]["collection"]["rnd"]
+    cpu = RND_PRESETS["cpu"]
+    assert rnd["hidden_dim"] == cpu["hidden_dim"] and rnd["rnd_rep_dim"] == cpu["rnd_rep_dim"]
+    assert (rnd["batch_size"], rnd["update_every_steps"]) == (64, 4)
+    assert rnd["lr"] == RNDConfig().lr  # what the preset does not name stays URLB's
+    # Resuming with another explorer would mix two explorers in one dataset: refused.
+    more = [a if a != "40" else "60" for a in args]
+    assert exorl_reformatter.main([*more[:-4], "--rnd_batch_size", "32", *more[-4:]]) == 1
+    assert len(list_episode_files(buffer_dir(tmp_path, DOMAIN, "rnd"))) == 2
+
+
+def test_rnd_config_presets():
+    assert rnd_config() == RNDConfig() and rnd_config("urlb", batch_size=None) == RNDConfig()
+    assert rnd_config("cpu", lr=3e-4).lr == 3e-4
+    with pytest.raises(ValueError, match="accepted: urlb, cpu"):
+        rnd_config("gpu")
 
 
 def test_cli_collect_changed_dynamics(tmp_path):

@@ -111,6 +111,7 @@ def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> Any:
         resample_per_batch=cfg.env.resample_per_batch,
         pad_with_zeros=cfg.env.pad_with_zeros,
         tasks=setup.tasks,
+        episode_selection=cfg.env.episode_selection,
     )
 
 
@@ -218,6 +219,7 @@ def provenance(cfg: RunConfig, setup: EnvSetup, buffer: Any) -> dict[str, Any]:
         "paths": [str(p) for p in dataset_paths(cfg, setup.domain)],
         "dataset": cfg.env.dataset,
         "episodes_requested": cfg.env.episodes,
+        "episode_selection": cfg.env.episode_selection,
         "train_multipliers": list(cfg.env.train_multipliers),
         "manifest": _jsonable(manifest),
     }

@@ -20,6 +20,7 @@ from typing import Any
 ALGORITHMS: tuple[str, ...] = ("fb", "fb_m", "hilp", "hilp_m")
 MEMORY_TYPES: tuple[str, ...] = ("gru", "transformer", "s4d", "mlp")
 ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
+EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")  # data.exorl.EPISODE_SELECTIONS (no data import here)
 POMDP_VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
 DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
 
@@ -93,8 +94,9 @@ class EnvSettings:
             ``_dynamics_X`` / ``_rewards_X``).
         dataset: ExORL exploration algorithm whose dataset is loaded (``rnd``, ``random``, ...).
         data_dir: root of ``<domain>/<dataset>/buffer/dataset.npz``.
-        episodes: episodes loaded from the dataset(s) (first N by episode index, split evenly
-            across training multipliers).
+        episodes: episodes loaded from the dataset(s) (split evenly across training multipliers).
+        episode_selection: which episodes of each dataset: ``spread`` evenly over the whole
+            collection (default) or the ``first`` N by episode index (collection order).
         eval_tasks: tasks evaluated zero-shot; empty means every task of the domain.
         flickering_prob: probability that the whole observation is zeroed at a step.
         noise_std: standard deviation of the additive Gaussian observation noise.
@@ -111,6 +113,7 @@ class EnvSettings:
     dataset: str = "rnd"
     data_dir: str = "datasets"
     episodes: int = 5000
+    episode_selection: str = "spread"
     eval_tasks: list[str] = field(default_factory=list)
     flickering_prob: float = 0.2
     noise_std: float = 0.2
@@ -283,6 +286,7 @@ def validate_names(cfg: RunConfig) -> None:
     _choice(cfg.agent.name, ALGORITHMS, "algorithm")
     _choice(cfg.memory.name, MEMORY_TYPES, "memory type")
     _choice(cfg.train.rollout_memory, ROLLOUT_MEMORY_MODES, "rollout memory mode (train.rollout_memory)")
+    _choice(cfg.env.episode_selection, EPISODE_SELECTIONS, "episode selection (env.episode_selection)")
     memory_free = cfg.agent.name in ("fb", "hilp")
     checks = [
         (
