@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="urlb",
         help="RND explorer size: urlb (URLB's, a GPU job) or cpu (small, for a 2-core CPU); default urlb",
     )
-    parser.add_argument("--rnd_hidden_dim", type=positive_int, help="RND explorer width (overrides --explorer)")
+    parser.add_argument(
+        "--rnd_hidden_dim", type=positive_int, help="RND explorer width (overrides --explorer)"
+    )
     parser.add_argument(
         "--rnd_batch_size", type=positive_int, help="RND explorer batch size (overrides --explorer)"
     )

@@ -102,7 +102,9 @@ def _check_resume(folder: Path, settings: dict, existing: list[Path]) -> None:
     record = folder / COLLECTION_FILE
     if record.is_file():
         previous = json.loads(record.read_text())
-        diff = {k: (previous.get(k), settings.get(k)) for k in _RESUME_KEYS if previous.get(k) != settings.get(k)}
+        diff = {
+            k: (previous.get(k), settings.get(k)) for k in _RESUME_KEYS if previous.get(k) != settings.get(k)
+        }
         if diff:
             raise DatasetError(
                 f"{folder} holds a collection with other settings {diff} (previous, now); "

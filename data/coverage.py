@@ -36,13 +36,16 @@ def coverage(domain: str, rewards: dict[str, np.ndarray], observation: np.ndarra
     """
     stats: dict = {"states": int(observation.shape[0] * (observation.shape[1] - 1))}
     stats["reward_above"] = {
-        task: {f"{t:g}": float(np.mean(r[:, 1:] > t)) for t in REWARD_THRESHOLDS} for task, r in rewards.items()
+        task: {f"{t:g}": float(np.mean(r[:, 1:] > t)) for t in REWARD_THRESHOLDS}
+        for task, r in rewards.items()
     }
     stats["mean_reward"] = {task: float(np.mean(r[:, 1:])) for task, r in rewards.items()}
     if domain == "walker":
         height = observation[:, 1:, WALKER_HEIGHT_COLUMN]  # [E, T]
         values = np.quantile(height, HEIGHT_QUANTILES)
-        stats["torso_height_quantiles"] = {f"{q:g}": float(v) for q, v in zip(HEIGHT_QUANTILES, values, strict=True)}
+        stats["torso_height_quantiles"] = {
+            f"{q:g}": float(v) for q, v in zip(HEIGHT_QUANTILES, values, strict=True)
+        }
     return stats
 
 
@@ -54,7 +57,9 @@ def format_coverage(stats: dict) -> str:
         cells = "".join(f"{100 * shares[f'{t:g}']:>9.2f}%" for t in REWARD_THRESHOLDS)
         lines.append(f"{task:<14}{cells}{stats['mean_reward'][task]:>10.3f}")
     if "torso_height_quantiles" in stats:
-        quantiles = ", ".join(f"q{float(q) * 100:g} {h:.2f}" for q, h in stats["torso_height_quantiles"].items())
+        quantiles = ", ".join(
+            f"q{float(q) * 100:g} {h:.2f}" for q, h in stats["torso_height_quantiles"].items()
+        )
         lines.append(f"torso height (m): {quantiles}")
     lines.append(f"({stats['states']} states, reset rows left out)")
     return "\n".join(lines)

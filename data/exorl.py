@@ -292,7 +292,9 @@ def select_episodes(available: int, wanted: int | None, selection: str = "spread
         ValueError: unknown ``selection``.
     """
     if selection not in EPISODE_SELECTIONS:
-        raise ValueError(f"unknown episode selection {selection!r}; accepted: {', '.join(EPISODE_SELECTIONS)}")
+        raise ValueError(
+            f"unknown episode selection {selection!r}; accepted: {', '.join(EPISODE_SELECTIONS)}"
+        )
     if wanted is None or wanted >= available:
         return list(range(available))
     if selection == "first":
@@ -335,7 +337,7 @@ def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] 
         DatasetError: missing key, pickled array, truncated or corrupt file.
     """
     path = Path(path)
-    if positions is not None and any(b <= a for a, b in zip(positions, positions[1:])):
+    if positions is not None and any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
         raise ValueError(f"positions must be strictly ascending, got {list(positions)[:10]}...")
     with _open_npz(path) as zf:
         if f"{key}.npy" not in zf.namelist():
@@ -344,7 +346,9 @@ def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] 
         try:
             with zf.open(f"{key}.npy") as f:
                 shape, dtype = _read_npy_header(path, key, f)
-                wanted = list(range(shape[0])) if positions is None else [p for p in positions if p < shape[0]]
+                wanted = (
+                    list(range(shape[0])) if positions is None else [p for p in positions if p < shape[0]]
+                )
                 row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
                 out = np.empty((len(wanted), *shape[1:]), dtype=dtype)
                 view = memoryview(out.reshape(-1).view(np.uint8))

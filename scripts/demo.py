@@ -1,18 +1,20 @@
-"""The `make demo` run: collect a small walker dataset, train FB-M (GRU) on walker_flickering,
-evaluate zero-shot on stand / walk / run / flip, print the results and write a learning curve.
+"""The `make demo` run: collect a small walker dataset with the CPU-sized RND explorer, train
+memory-free FB on fully observed walker, evaluate it zero-shot on stand / walk / run / flip, print
+the results and write a learning curve.
 
 Every step goes through the project's real command lines, so the numbers come from the real
-pipeline (scaled down by the ``experiment=demo`` preset; about 5-10 minutes on 2 CPU cores):
+pipeline (about 15 minutes on 2 CPU cores):
 
-1. ``exorl_reformatter.py walker_random --collect``: 100 episodes x 1000 steps of uniform random
-   actions in the real walker, reformatted with every task reward relabelled from physics. (The
-   paper's datasets are ExORL RND ones; the local RND explorer is too slow for a CPU demo.)
-2. ``main_exorl.py fb_m walker_flickering random experiment=demo --memory_type gru``: 3000
-   gradient steps, evaluated at steps 0, 1000, 2000, 3000 with 5 full 1000-step episodes per task.
+1. ``exorl_reformatter.py walker_rnd --collect --explorer cpu``: 40 episodes x 1000 steps of the
+   RND explorer (URLB's algorithm at width 128, see README "Collecting data on a CPU") in the real
+   walker, reformatted with every task reward relabelled from physics and its coverage printed.
+2. ``main_exorl.py fb walker rnd experiment=cpu``: FB at the CPU preset's widths and learning
+   rates, evaluated at step 0 and every ``--eval_frequency`` steps with 5 full 1000-step episodes per task.
 3. ``plot_results.py``: the result table (``report.md``) and ``learning_curves.png``.
 
 Outputs go to ``runs/demo/`` (the demo's own run directory is replaced on each call; pass
-``--keep`` to continue it instead). The dataset is kept in ``datasets/`` and reused.
+``--keep`` to continue it instead). The dataset is kept in ``datasets/cpu/`` and reused (a later
+``--collect_steps`` that asks for more episodes extends the same collection).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("stand", "walk", "run", "flip")
+EPISODES = 40  # about 5 minutes of collection on one core
+LEARNING_STEPS = 20_000
+EVAL_FREQUENCY = 4000
 
 
 def run(args: list[str]) -> None:
@@ -42,24 +47,35 @@ def run(args: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default="datasets", help="dataset root (default: datasets)")
+    parser.add_argument("--data_dir", default="datasets/cpu", help="dataset root (default: datasets/cpu)")
     parser.add_argument("--out", default="runs/demo", help="demo output directory (default: runs/demo)")
-    parser.add_argument("--episodes", type=int, default=100, help="episodes to collect (default 100)")
-    parser.add_argument("--learning_steps", type=int, default=3000, help="gradient steps (default 3000)")
+    parser.add_argument(
+        "--episodes", type=int, default=EPISODES, help=f"episodes to collect (default {EPISODES})"
+    )
+    parser.add_argument(
+        "--learning_steps",
+        type=int,
+        default=LEARNING_STEPS,
+        help=f"gradient steps (default {LEARNING_STEPS})",
+    )
+    parser.add_argument(
+        "--eval_frequency", type=int, default=EVAL_FREQUENCY, help=f"default {EVAL_FREQUENCY}"
+    )
     parser.add_argument(
         "--keep", action="store_true", help="continue an earlier demo run instead of replacing it"
     )
     args = parser.parse_args()
     started = time.perf_counter()
     out = ROOT / args.out
-    run_dir = out / "fb_m_gru_walker_flickering"
+    run_dir = out / "fb_walker"
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
     run(
         [
             "exorl_reformatter.py",
-            "walker_random",
+            "walker_rnd",
             "--collect",
+            "--explorer=cpu",
             f"--collect_steps={1000 * args.episodes}",
             f"--data_dir={args.data_dir}",
         ]
@@ -67,16 +83,15 @@ def main() -> int:
     run(
         [
             "main_exorl.py",
-            "fb_m",
-            "walker_flickering",
-            "random",
-            "experiment=demo",
-            "--memory_type=gru",
+            "fb",
+            "walker",
+            "rnd",
+            "experiment=cpu",
             "--eval_task",
             *TASKS,
             f"--episodes={args.episodes}",
             f"--learning_steps={args.learning_steps}",
-            "--eval_frequency=1000",
+            f"--eval_frequency={args.eval_frequency}",
             "--eval_rollouts=5",
             f"--data_dir={args.data_dir}",
             f"--run_dir={run_dir.relative_to(ROOT)}",

@@ -155,7 +155,8 @@ def test_several_datasets_and_episode_subsets(tmp_path, selection, expected):
     assert buffer.num_episodes == 7 and buffer.manifest["episodes"] == [4, 3]
     assert buffer.manifest["episode_selection"] == selection
     assert buffer.manifest["episode_indices"] == [
-        sorted(e for e in expected if e < 100), sorted(e - 100 for e in expected if e >= 100)
+        sorted(e for e in expected if e < 100),
+        sorted(e - 100 for e in expected if e >= 100),
     ]
     episodes = set(decode(buffer.sample(4000).obs_window[:, -1])[0])
     assert episodes == expected

@@ -88,7 +88,9 @@ def test_reformat_episode_selection_and_coverage(tmp_path, raw_episodes, selecti
         stand, height = data["reward_stand"][:, 1:], data["observation"][:, 1:, 14]
         assert stats["states"] == 2 * LENGTH
         assert stats["reward_above"]["stand"]["0.5"] == pytest.approx(np.mean(stand > 0.5))
-        assert stats["reward_above"]["flip"]["0.8"] == pytest.approx(np.mean(data["reward_flip"][:, 1:] > 0.8))
+        assert stats["reward_above"]["flip"]["0.8"] == pytest.approx(
+            np.mean(data["reward_flip"][:, 1:] > 0.8)
+        )
         assert stats["mean_reward"]["walk"] == pytest.approx(np.mean(data["reward_walk"][:, 1:]), rel=1e-5)
         assert stats["torso_height_quantiles"]["0.5"] == pytest.approx(np.median(height), rel=1e-5)
     # The first states of an episode (standing, before the walker falls) score well on stand.
