@@ -55,14 +55,15 @@ class FBConfig(RepresentationConfig):
     """FB settings: the shared fields (``RepresentationConfig``) plus
 
     Attributes:
-        lr_b: Adam learning rate of B (1e-4; a second parameter group of the F optimizer).
+        lr_b: Adam learning rate of B (a second parameter group of the F optimizer); None (the
+            default) uses ``lr_f``, the paper's 1e-4 for both.
         ortho_coef: weight of the orthonormality regulariser on B (1).
         z_mix_goal: goals whose B replaces a ``z_mix_ratio`` fraction of the sampled z: "next"
             (g_{t+1}: the rows of the measure loss's online B, detached; no extra B pass) or
             "current" (g_t windows, one more online B pass, as in the reference code).
     """
 
-    lr_b: float = 1e-4
+    lr_b: float | None = None
     ortho_coef: float = 1.0
     z_mix_goal: str = "next"
 
@@ -201,7 +202,10 @@ class FBAgent(AgentBase):
         self.fb_optimizer = make_adam(
             [
                 {"params": list(self.model.forward_map.parameters()), "lr": config.lr_f},
-                {"params": list(self.model.backward_map.parameters()), "lr": config.lr_b},
+                {
+                    "params": list(self.model.backward_map.parameters()),
+                    "lr": config.lr_f if config.lr_b is None else config.lr_b,
+                },
             ],
             config.lr_f,
             config,

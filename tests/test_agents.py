@@ -271,3 +271,11 @@ def test_frame_stacking_depth_follows_the_reference() -> None:
     deeper["memory_settings"] = {"mlp": {"model_dimension": 16, "num_layers": 2}}
     agent = make_agent("fb_m", OBS, GOAL, ACT, deeper)
     assert linears(agent.model.backward_map.net) == linears(backward_encoder) + 1
+
+
+@pytest.mark.parametrize("lr_b, expected", [(None, 3e-4), (2e-5, 2e-5)])
+def test_b_learning_rate_follows_f_unless_set(lr_b, expected):
+    config = dict(SMALL, lr_f=3e-4, lr_b=lr_b)
+    agent = make_agent("fb", OBS, GOAL, ACT, config)
+    forward, backward = agent.fb_optimizer.param_groups
+    assert forward["lr"] == 3e-4 and backward["lr"] == expected

@@ -271,3 +271,19 @@ def test_missing_changed_dynamics_dataset_says_to_collect(
     ]
     line = fail(args, capsys)
     assert "exorl_reformatter.py walker_rnd" in line and "--collect" in line and "--multiplier 1.5" in line
+
+
+@pytest.mark.parametrize("agent", ["fb", "fb_m", "hilp", "hilp_m"])
+def test_cpu_preset_builds_every_algorithm(agent: str) -> None:
+    """experiment=cpu only sets fields every algorithm has (B follows lr_f; HILP keeps lr_phi)."""
+    from training import builders
+    from training.config import run_config_from_dict
+
+    main_exorl.register_configs()
+    (values,) = main_exorl.compose_jobs([f"agent={agent}", "experiment=cpu"], False)
+    cfg = run_config_from_dict(values)
+    config = builders.agent_config(cfg)
+    assert (config.lr_f, config.lr_actor, config.batch_size) == (5e-4, 5e-4, 256)
+    assert (cfg.env.data_dir, cfg.train.learning_steps, cfg.torch_threads) == ("datasets/cpu", 30_000, 1)
+    if agent.startswith("fb"):
+        assert config.lr_b is None  # the FB optimizer uses lr_f for B

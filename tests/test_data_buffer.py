@@ -264,3 +264,10 @@ def test_synthetic_dataset_never_overwrites_a_real_one(tmp_path):
     with pytest.raises(DatasetError, match="'collected' dataset, not a synthetic one; refusing"):
         make_synthetic_dataset(tmp_path, "cheetah", episodes=2, episode_length=20, seed=0)
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_episode_selections_match_the_run_config():
+    from data.exorl import EPISODE_SELECTIONS
+    from training.config import EPISODE_SELECTIONS as CONFIG_SELECTIONS
+
+    assert CONFIG_SELECTIONS == EPISODE_SELECTIONS

@@ -20,10 +20,8 @@ from typing import Any
 ALGORITHMS: tuple[str, ...] = ("fb", "fb_m", "hilp", "hilp_m")
 MEMORY_TYPES: tuple[str, ...] = ("gru", "transformer", "s4d", "mlp")
 ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
-EPISODE_SELECTIONS: tuple[str, ...] = (
-    "spread",
-    "first",
-)  # data.exorl.EPISODE_SELECTIONS (no data import here)
+# The same as data.exorl.EPISODE_SELECTIONS (a test keeps them equal; config imports no data code).
+EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")
 POMDP_VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
 DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
 
