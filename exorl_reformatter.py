@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from agents.rnd import RND_PRESETS, rnd_config
 from data.collect import COLLECT_ALGOS, collect
 from data.download import EXORL_ALGOS, EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
@@ -117,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="collection seed")
     parser.add_argument("--device", default="cpu", help="torch device of the RND explorer")
+    parser.add_argument(
+        "--torch_threads",
+        type=positive_int,
+        default=1,
+        help="CPU threads of the RND explorer (default 1: its small matmuls gain nothing from a second "
+        "thread, and two threads collapse when another process holds a core)",
+    )
     return parser
 
 
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "OpenGL"):  # MuJoCo / OpenGL backend chatter at import
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
     status = 0
     for domain, algo in args.pairs:
         try:

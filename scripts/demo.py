@@ -5,7 +5,7 @@ the results and write a learning curve.
 Every step goes through the project's real command lines, so the numbers come from the real
 pipeline (about 15 minutes on 2 CPU cores):
 
-1. ``exorl_reformatter.py walker_rnd --collect --explorer cpu``: 40 episodes x 1000 steps of the
+1. ``exorl_reformatter.py walker_rnd --collect --explorer cpu``: 50 episodes x 1000 steps of the
    RND explorer (URLB's algorithm at width 128, see README "Collecting data on a CPU") in the real
    walker, reformatted with every task reward relabelled from physics and its coverage printed.
 2. ``main_exorl.py fb walker rnd experiment=cpu``: FB at the CPU preset's widths and learning
@@ -28,9 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("stand", "walk", "run", "flip")
-EPISODES = 40  # about 5 minutes of collection on one core
-LEARNING_STEPS = 20_000
-EVAL_FREQUENCY = 4000
+EPISODES = 50  # about 6 minutes of collection on one core
+LEARNING_STEPS = 15_000
+EVAL_FREQUENCY = 3000
 
 
 def run(args: list[str]) -> None:
