@@ -176,6 +176,8 @@ def collect(
         settings["rnd"] = asdict(rnd_config or RNDConfig())
     existing = list_episode_files(folder)
     _check_resume(folder, settings, existing)
+    if len(existing) > total:  # a smaller request than what is there: record what is there
+        settings["episodes"], settings["steps"] = len(existing), len(existing) * int(episode_length)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / COLLECTION_FILE).write_text(json.dumps(settings, indent=1))
     done = len(existing)

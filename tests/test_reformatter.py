@@ -285,6 +285,9 @@ def test_collect_random_resumes_deterministically(tmp_path):
         assert all(np.array_equal(ex[k], ey[k]) for k in ex)
     with pytest.raises(DatasetError, match="other settings"):
         collect(b, DOMAIN, "random", 3 * 20, seed=5, episode_length=20)
+    collect(b, DOMAIN, "random", 1 * 20, seed=4, episode_length=20)  # asks for less than is there
+    record = json.loads((b / "collection.json").read_text())
+    assert (record["episodes"], record["steps"]) == (3, 60) and len(list_episode_files(b)) == 3
 
 
 @pytest.fixture
