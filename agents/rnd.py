@@ -58,9 +58,9 @@ class RNDConfig:
     replay_capacity: int = 1_000_000
 
 
-# Named explorer sizes. ``urlb`` is URLB's (the ExORL datasets were collected with it; about 0.1-0.4 s
-# per update on a 2-core CPU, so a GPU job); ``cpu`` is sized so that 2 CPU cores collect a
-# learnable walker dataset in well under an hour (README, "Collecting data on a CPU").
+# Named explorer sizes. ``urlb`` is URLB's (the ExORL datasets were collected with it; seconds per
+# update on a 2-core CPU, so a GPU job); ``cpu`` is sized so that 2 CPU cores collect a learnable
+# walker dataset in well under an hour (measurements: README, "Collecting data on a CPU").
 RND_PRESETS: dict[str, dict[str, Any]] = {
     "urlb": {},
     "cpu": {"hidden_dim": 128, "rnd_rep_dim": 128, "batch_size": 128},

@@ -146,7 +146,7 @@ class SequenceBuffer:
             parts.append(part)
             manifests.append(manifest)
             indices = manifest.get("episode_indices") or list(range(manifest["episodes"]))
-            selected.append([indices[p] for p in positions if p < len(indices)])
+            selected.append([indices[p] for p in positions])
         rows = {p["observation"].shape[1] for p in parts}
         if len(rows) > 1:
             raise DatasetError(

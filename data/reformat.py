@@ -32,19 +32,21 @@ COLLECTION_FILE = "collection.json"  # settings of a local collection, written b
 DOWNLOAD_FILE = "download.json"  # where the raw episodes were downloaded from, written by the CLI
 
 
-def _up_to_date(out: Path, names: list[str], domain: str, multiplier: float) -> bool:
+def _up_to_date(out: Path, names: list[str], domain: str, multiplier: float) -> dict | None:
+    """The manifest of ``out`` when it already holds exactly these episodes, else None."""
     if not out.is_file():
-        return False
+        return None
     try:
         manifest = read_manifest(out)
     except DatasetError as e:
         logger.warning("existing %s is unusable (%s); rebuilding it", out, e)
-        return False
-    return (
+        return None
+    current = (
         manifest.get("episode_files") == names
         and manifest.get("domain") == domain
         and manifest.get("multiplier") == multiplier
     )
+    return manifest if current else None
 
 
 def _load_episodes(
@@ -134,9 +136,10 @@ def reformat(
             f"dataset of {len(files)} would not hold; reformat every episode (no --episodes) "
             "or keep the raw files (no --delete_raw)"
         )
-    if _up_to_date(out, [f.name for f in files], domain, multiplier):
+    manifest = _up_to_date(out, [f.name for f in files], domain, multiplier)
+    if manifest is not None:
         logger.info("%s is up to date (%d episodes); nothing to do", out, len(files))
-        stats = read_manifest(out).get("coverage")
+        stats = manifest.get("coverage")
         if stats:
             logger.info("coverage of %s:\n%s", out, format_coverage(stats))
     else:

@@ -92,7 +92,6 @@ def main() -> int:
             f"--episodes={args.episodes}",
             f"--learning_steps={args.learning_steps}",
             f"--eval_frequency={args.eval_frequency}",
-            "--eval_rollouts=5",
             f"--data_dir={args.data_dir}",
             f"--run_dir={run_dir.relative_to(ROOT)}",
         ]
