@@ -216,7 +216,7 @@ def _collect_rnd(
             raise DatasetError(
                 f"{folder}: {done} RND episodes but no agent state {AGENT_STATE_FILE}; cannot resume"
             )
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         done = min(done, state["episodes"])  # an episode written after the last agent save is redone
         agent.load_state_dict(state["agent"])
         rng.bit_generator.state, step = state["rng"], state["step"]
