@@ -102,9 +102,19 @@ def _check_resume(folder: Path, settings: dict, existing: list[Path]) -> None:
     record = folder / COLLECTION_FILE
     if record.is_file():
         previous = json.loads(record.read_text())
-        diff = {
-            k: (previous.get(k), settings.get(k)) for k in _RESUME_KEYS if previous.get(k) != settings.get(k)
-        }
+        diff = {}
+        for key in _RESUME_KEYS:
+            before, now = previous.get(key), settings.get(key)
+            if isinstance(before, dict) and isinstance(now, dict):  # the explorer: name the changed fields
+                diff.update(
+                    {
+                        f"{key}.{k}": (before.get(k), now.get(k))
+                        for k in before | now
+                        if before.get(k) != now.get(k)
+                    }
+                )
+            elif before != now:
+                diff[key] = (before, now)
         if diff:
             raise DatasetError(
                 f"{folder} holds a collection with other settings {diff} (previous, now); "

@@ -316,7 +316,7 @@ def test_collect_rnd_writes_valid_files_and_resumes(tmp_path, one_thread):
     assert json.loads((folder / "collection.json").read_text())["rnd"]["hidden_dim"] == 32
 
 
-def test_cli_explorer_options_are_recorded(tmp_path):
+def test_cli_explorer_options_are_recorded(tmp_path, caplog):
     args = ["walker_rnd", "--collect", "--collect_steps", "40", "--episode_length", "20", "--explorer", "cpu",
             "--rnd_batch_size", "64", "--rnd_update_every", "4", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
     assert exorl_reformatter.main(args) == 0
@@ -327,7 +327,9 @@ def test_cli_explorer_options_are_recorded(tmp_path):
     assert rnd["lr"] == RNDConfig().lr  # what the preset does not name stays URLB's
     # Resuming with another explorer would mix two explorers in one dataset: refused.
     more = [a if a != "40" else "60" for a in args]
-    assert exorl_reformatter.main([*more[:-4], "--rnd_batch_size", "32", *more[-4:]]) == 1
+    with caplog.at_level("ERROR"):
+        assert exorl_reformatter.main([*more[:-4], "--rnd_batch_size", "32", *more[-4:]]) == 1
+    assert "other settings {'rnd.batch_size': (64, 32)}" in caplog.text
     assert len(list_episode_files(buffer_dir(tmp_path, DOMAIN, "rnd"))) == 2
 
 
