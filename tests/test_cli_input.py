@@ -285,5 +285,6 @@ def test_cpu_preset_builds_every_algorithm(agent: str) -> None:
     config = builders.agent_config(cfg)
     assert (config.lr_f, config.lr_actor, config.batch_size) == (5e-4, 5e-4, 256)
     assert (cfg.env.data_dir, cfg.train.learning_steps, cfg.torch_threads) == ("datasets/cpu", 30_000, 1)
+    assert config.memory_settings["gru"] == {"token_dim": 64}  # the per-token MLP as wide as the GRU
     if agent.startswith("fb"):
         assert config.lr_b is None  # the FB optimizer uses lr_f for B

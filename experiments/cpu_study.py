@@ -1,0 +1,300 @@
+"""The CPU-scale study: FB, FB-stack and FB-M on walker, walker_flickering and walker_noise.
+
+    python experiments/cpu_study.py                      # the whole study (README, "Reproducing the paper")
+    python experiments/cpu_study.py --dry_run            # print the commands only
+    python experiments/cpu_study.py --methods fb fb_stack fb_m hilp --seeds 1 2 3 4 5
+
+Steps, each skipped when already done:
+
+1. the dataset: ``exorl_reformatter.py walker_rnd --collect --explorer cpu`` into ``--data_dir``
+   when ``<data_dir>/walker/rnd/buffer/dataset.npz`` is missing (the collection resumes itself);
+2. one ``main_exorl.py`` run per method x domain x seed, ``--jobs`` at a time (one torch thread
+   each), all with the same preset and update budget; a run whose ``results.json`` reached
+   ``--updates`` is skipped, an interrupted one continues from its last checkpoint;
+3. the report: ``plot_results.py``'s tables and figures (IQM over runs x tasks with 95 %
+   stratified-bootstrap CIs; scores under partial observability in percent of the same method's
+   fully observed score, as in the paper) plus ``summary.md`` with the paper's numbers beside
+   ours, the command and the wall time, all into ``--report_dir``.
+
+Each run's output goes to ``<run_dir>/driver.log``. The exit code is 0 when every run finished,
+1 when some failed (listed at the end; rerun the same command to retry them), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import plot_results  # noqa: E402  (the repository root is put on the path above)
+
+# Study method -> (algorithm, memory type or None); the names plot_results reports them under.
+METHODS: dict[str, tuple[str, str | None]] = {
+    "fb": ("fb", None),
+    "fb_stack": ("fb_m", "mlp"),
+    "fb_m": ("fb_m", "gru"),
+    "hilp": ("hilp", None),
+}
+DOMAINS = ("walker", "walker_flickering", "walker_noise")
+
+# The paper's Figure numbers (percent of the same method's fully observed score, IQM): walker.
+PAPER_PERCENT: dict[str, dict[str, int]] = {
+    "noise": {"FB": 53, "HILP": 48, "FB-stack": 67, "FB-M": 68},
+    "flickering": {"FB": 12, "HILP": 13, "FB-stack": 81, "FB-M": 80},
+}
+STATE_FILE = "study.json"  # per-run wall seconds, kept across invocations in the runs root
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the study."""
+
+    method: str
+    domain: str
+    seed: int
+
+    @property
+    def algorithm(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def memory(self) -> str | None:
+        return METHODS[self.method][1]
+
+    def run_dir(self, runs: Path) -> Path:
+        """The default layout of main_exorl.py under ``runs`` (plot_results finds it there)."""
+        return runs / self.algorithm / self.domain / "rnd" / (self.memory or "none") / f"seed{self.seed}"
+
+    def key(self) -> str:
+        return f"{self.method}/{self.domain}/seed{self.seed}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpu_study.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=["fb", "fb_stack", "fb_m"])
+    p.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--updates", type=int, default=12000, help="gradient steps per run (default 12000)")
+    p.add_argument(
+        "--eval_frequency", type=int, default=3000, help="evaluate at step 0 and every N steps (default 3000)"
+    )
+    p.add_argument("--preset", default="cpu", help="configs/experiment preset of every run (default cpu)")
+    p.add_argument("--data_dir", default="datasets/cpu", help="dataset root (default datasets/cpu)")
+    p.add_argument(
+        "--episodes", type=int, default=300, help="episodes collected and trained on (default 300)"
+    )
+    p.add_argument(
+        "--runs", default="runs/cpu_study", help="root of the run directories (default runs/cpu_study)"
+    )
+    p.add_argument(
+        "--report_dir", default="report/cpu_study", help="where the report goes (default report/cpu_study)"
+    )
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default 2)")
+    p.add_argument(
+        "--reps", type=int, default=2000, help="bootstrap replications of the report (default 2000)"
+    )
+    p.add_argument("--dry_run", action="store_true", help="print the commands and exit")
+    p.add_argument(
+        "--overrides", nargs="*", default=[], help="extra hydra overrides for every run (key=value)"
+    )
+    return p
+
+
+def dataset_command(args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "exorl_reformatter.py"),
+        "walker_rnd",
+        "--collect",
+        "--explorer",
+        "cpu",
+        "--collect_steps",
+        str(1000 * args.episodes),
+        "--data_dir",
+        args.data_dir,
+    ]
+
+
+def train_command(job: Job, args: argparse.Namespace) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "main_exorl.py"),
+        job.algorithm,
+        job.domain,
+        "rnd",
+        f"experiment={args.preset}",
+        f"env.data_dir={args.data_dir}",
+        f"env.episodes={args.episodes}",
+        f"train.learning_steps={args.updates}",
+        f"train.eval_frequency={args.eval_frequency}",
+        "train.show_progress=false",
+        f"seed={job.seed}",
+        f"run_root={args.runs}",
+    ]
+    if job.memory:
+        cmd.append(f"memory={job.memory}")
+    return cmd + list(args.overrides)
+
+
+def finished(job: Job, args: argparse.Namespace) -> bool:
+    """The run's results.json exists and reached the study's update budget."""
+    path = job.run_dir(Path(args.runs)) / "results.json"
+    try:
+        return json.loads(path.read_text()).get("steps", -1) >= args.updates
+    except (OSError, ValueError):
+        return False
+
+
+def ordered_jobs(args: argparse.Namespace) -> list[Job]:
+    """Domains in the given order (fully observed first, the normaliser), seeds, then methods
+    with memory first (the slowest), so that two jobs at a time end close together."""
+    slow_first = sorted(args.methods, key=lambda m: (METHODS[m][1] != "gru", METHODS[m][1] is None))
+    return [Job(m, d, s) for d in args.domains for s in args.seeds for m in slow_first]
+
+
+class Ledger:
+    """Per-run wall seconds, kept in ``<runs>/study.json`` across invocations (thread-safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.seconds: dict[str, float] = json.loads(path.read_text())["run_seconds"]
+        except (OSError, ValueError, KeyError):
+            self.seconds = {}
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_seconds": self.seconds}, indent=1))
+            os.replace(tmp, self.path)
+
+
+def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
+    run_dir = job.run_dir(Path(args.runs))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
+    start = time.perf_counter()
+    say(f"start  {job.key()}")
+    with (run_dir / "driver.log").open("a") as log:
+        code = subprocess.run(train_command(job, args), cwd=ROOT, env=env, stdout=log, stderr=log).returncode
+    seconds = time.perf_counter() - start
+    ledger.add(job.key(), seconds)
+    status = "done" if code == 0 else f"FAILED (exit {code}, see {run_dir / 'driver.log'})"
+    say(f"{status}  {job.key()} in {seconds / 60:.1f} min")
+    return code == 0
+
+
+_PRINT = threading.Lock()
+
+
+def say(message: str) -> None:
+    with _PRINT:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def summary(
+    rows: list[dict], args: argparse.Namespace, count: int, wall_s: float, ledger: Ledger, command: str
+) -> str:
+    """The paper-shaped comparison (ours beside the paper's percentages) with command and timing."""
+    keyed = {(r["variant"], r["method"]): r for r in rows}
+    methods = [m for m in plot_results.METHOD_ORDER if any(r["method"] == m for r in rows)]
+    lines = [
+        "# CPU-scale study: summary",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Runs: {count} ({', '.join(args.methods)} x {', '.join(args.domains)} x seeds "
+        f"{' '.join(map(str, args.seeds))}), {args.updates} updates each, preset `{args.preset}`, "
+        f"{args.episodes} locally collected episodes (`--explorer cpu`).",
+        f"Wall time of this invocation: {wall_s / 60:.1f} min; summed run time over all invocations: "
+        f"{sum(ledger.seconds.values()) / 60:.1f} min ({args.jobs} at a time).",
+        "",
+        "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
+        "CI); in brackets after 'paper' the paper's figure for walker.",
+        "",
+        "| POMDP | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for variant in [v for v in ("flickering", "noise") if any(r["variant"] == v for r in rows)]:
+        cells = []
+        for m in methods:
+            r = keyed.get((variant, m))
+            ours = plot_results._cell(r["iqm"], r["ci"], r["normalised"]) if r else "-"
+            paper = PAPER_PERCENT[variant].get(m)
+            cells.append(f"{ours} (paper {paper} %)" if paper is not None else ours)
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    full = [keyed.get(("full", m)) for m in methods]
+    if any(full):
+        cells = [plot_results._cell(r["iqm"], r["ci"], False) if r else "-" for r in full]
+        lines.append("| fully observed (return, 0-1000) | " + " | ".join(cells) + " |")
+    lines += ["", "Per-task tables: `report.md`; figures: `learning_curves.png`, `iqm_bars.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("updates", "eval_frequency", "episodes", "jobs", "reps"):
+        if getattr(args, name) < 1:
+            sys.stderr.write(f"cpu_study.py: error: --{name} must be >= 1, got {getattr(args, name)}\n")
+            return 2
+    command = "python experiments/cpu_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    jobs = ordered_jobs(args)
+    dataset = Path(args.data_dir) / "walker" / "rnd" / "buffer" / "dataset.npz"
+    if args.dry_run:
+        if not dataset.exists():
+            print(shlex.join(dataset_command(args)))
+        for job in jobs:
+            print(("# done: " if finished(job, args) else "") + shlex.join(train_command(job, args)))
+        return 0
+    start = time.perf_counter()
+    if not dataset.exists():
+        say(f"collecting the dataset: {shlex.join(dataset_command(args))}")
+        env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
+        if subprocess.run(dataset_command(args), cwd=ROOT, env=env).returncode != 0:
+            sys.stderr.write("cpu_study.py: error: the dataset collection failed (its output is above)\n")
+            return 1
+    todo = [job for job in jobs if not finished(job, args)]
+    say(
+        f"{len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run, {args.jobs} at a time"
+    )
+    ledger = Ledger(Path(args.runs) / STATE_FILE)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        ok = list(pool.map(lambda job: run_job(job, args, ledger), todo))
+    failed = [job.key() for job, good in zip(todo, ok, strict=True) if not good]
+    # Only this study's runs at this budget (the runs root may hold others, e.g. a shorter budget).
+    done = {job.run_dir(Path(args.runs)).resolve() for job in jobs if finished(job, args)}
+    runs = [run for run in plot_results.find_runs([args.runs]) if run.path.resolve() in done]
+    if runs:
+        rows = plot_results.aggregate(runs, "final", args.reps)
+        out = Path(args.report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(plot_results.markdown(rows, "final"))
+        plot_results.plot_curves(rows, out / "learning_curves.png")
+        plot_results.plot_bars(rows, out / "iqm_bars.png")
+        text = summary(rows, args, len(runs), time.perf_counter() - start, ledger, command)
+        (out / "summary.md").write_text(text)
+        print(text)
+        say(f"report written to {out}")
+    if failed:
+        sys.stderr.write(f"cpu_study.py: {len(failed)} run(s) failed: {', '.join(failed)}; rerun to retry\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

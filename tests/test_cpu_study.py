@@ -1,0 +1,92 @@
+"""The CPU study driver end to end on the smoke preset (tiny synthetic dataset, a few updates)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "experiments" / "cpu_study.py"
+
+
+def run_driver(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", MUJOCO_GL="disable")
+    return subprocess.run(
+        [sys.executable, str(DRIVER), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
+    from data import make_synthetic_dataset
+
+    data = tmp_path / "data"
+    make_synthetic_dataset(data, "walker", "rnd", episodes=4, episode_length=60, seed=0)
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    common = [
+        "--preset=smoke",
+        f"--data_dir={data}",
+        "--episodes=4",
+        f"--runs={runs}",
+        f"--report_dir={report}",
+        "--methods",
+        "fb",
+        "fb_stack",
+        "fb_m",
+        "--domains",
+        "walker",
+        "walker_flickering",
+        "--seeds",
+        "7",
+        "--updates=4",
+        "--eval_frequency=2",
+        "--reps=50",
+    ]
+    proc = run_driver(*common)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for algorithm, memory in (("fb", "none"), ("fb_m", "mlp"), ("fb_m", "gru")):
+        for domain in ("walker", "walker_flickering"):
+            results = json.loads(
+                (runs / algorithm / domain / "rnd" / memory / "seed7" / "results.json").read_text()
+            )
+            assert results["steps"] == 4 and results["seed"] == 7
+            assert [p["step"] for p in results["curve"]] == [0, 2, 4]
+    text = (report / "summary.md").read_text()
+    flickering = next(line for line in text.splitlines() if line.startswith("| flickering |"))
+    assert flickering.count("%") == 2 * 3  # ours and the paper's, for each of the three methods
+    assert "(paper 12 %)" in flickering and "(paper 81 %)" in flickering
+    assert "Runs: 6 (" in text
+    for name in ("report.md", "learning_curves.png", "iqm_bars.png"):
+        assert (report / name).stat().st_size > 0
+    seconds = json.loads((runs / "study.json").read_text())["run_seconds"]
+    assert len(seconds) == 6 and all(s > 0 for s in seconds.values())
+
+    # A rerun skips every finished run; a larger budget continues the runs from their checkpoints.
+    again = run_driver(*common)
+    assert again.returncode == 0 and "6 finished already, 0 to run" in again.stdout
+    longer = run_driver(
+        *[a for a in common if not a.startswith("--updates")], "--updates=6", "--methods", "fb"
+    )
+    assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
+    run_dir = runs / "fb" / "walker" / "rnd" / "none" / "seed7"
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 6
+    assert (
+        "resume from " + str(run_dir / "checkpoints" / "step_000000004")
+        in (run_dir / "driver.log").read_text()
+    )
+    text = (report / "summary.md").read_text()  # this invocation's runs only (FB at 6 updates)
+    assert "Runs: 2 (" in text and "| POMDP | FB |" in text and "FB-stack" not in text
+
+
+def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_path: Path) -> None:
+    proc = run_driver(f"--data_dir={tmp_path}", "--dry_run", "--seeds", "1", "--domains", "walker")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "exorl_reformatter.py walker_rnd --collect --explorer cpu --collect_steps 300000" in lines[0]
+    assert len(lines) == 1 + 3 and all("main_exorl.py" in line for line in lines[1:])
+    bad = run_driver("--updates=0", "--dry_run")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "cpu_study.py: error: --updates must be >= 1, got 0"
+    ]
