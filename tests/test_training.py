@@ -155,11 +155,12 @@ def test_non_finite_loss_stops_naming_step_and_keeps_last_good_checkpoint(
 
 
 def test_sigint_writes_checkpoint_and_stops(tmp_path: Path, fake_agent_checkpoints: None) -> None:
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in a background job
     trainer = make_trainer(tmp_path, FakeAgent(sigint_at=7))
     with pytest.raises(KeyboardInterrupt, match="SIGINT at step 7"):
         trainer.run()
     assert latest_checkpoint(tmp_path).name == "step_000000007"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler is removed again
 
 
 def test_full_run_results_and_csvs(tmp_path: Path, fake_agent_checkpoints: None) -> None:
