@@ -4,7 +4,7 @@
     python main_exorl.py fb_m walker_flickering rnd --memory_type=gru --eval_task stand run walk flip
     python main_exorl.py fb_m walker_flickering rnd experiment=smoke -m seed=0,1 memory=gru,transformer
 
-The paper-style flags (DESIGN.md section 1) are translated into hydra overrides of the config
+The paper-style flags (those of the official code's README) are translated into hydra overrides of the config
 groups in ``configs/`` (agent, memory, env, train, logger, experiment); any hydra override and
 ``-m`` (multirun; ``hydra/launcher=joblib`` runs jobs in parallel, ``hydra/launcher=submitit_slurm``
 on a cluster) may follow. Every job's config is composed and checked before the first one starts:
@@ -65,7 +65,7 @@ FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The paper-style command line (DESIGN.md section 1); defaults live in configs/."""
+    """The paper-style command line (the official code's flags); defaults live in configs/."""
     p = argparse.ArgumentParser(
         prog="main_exorl.py",
         description=__doc__.split("\n\n")[0],

@@ -1,4 +1,4 @@
-"""Forward-Backward representations, with or without memory (FB, FB-M; DESIGN.md section 6).
+"""Forward-Backward representations, with or without memory (FB, FB-M; README, "Algorithms").
 
 ``FBModel`` holds the online networks F, B, pi and the no-grad inference API (``act``,
 ``act_step``, ``backward``, ``infer_z``); ``FBAgent`` owns the targets, optimizers and ``update``.
@@ -13,9 +13,9 @@ Window slices of a ``data.batch.Batch`` used here (see that module):
 
 z mixing (``FBConfig.z_mix_goal``): by default the mixed-in rows are the online B(g_{t+1}) of a
 permuted batch, i.e. rows of the very B that the measure loss uses, computed once per step with
-gradient and detached for z. DESIGN.md asks for "B of a randomly permuted batch goal history"; the
-reference code used g_t windows, which costs one more B pass per step (about 15 of 580 GFLOP at the
-paper config) for a distribution of goals that differs from g_{t+1} only by one step of time.
+gradient and detached for z. The paper mixes in B of a randomly permuted batch's goal histories; the
+official code used g_t windows, which costs one more B pass per step for a distribution of goals
+that differs from g_{t+1} only by one step of time (README, "Choices and deviations").
 ``z_mix_goal="current"`` restores that pass.
 """
 

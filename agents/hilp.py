@@ -1,10 +1,10 @@
-"""HILP with or without memory (HILP, HILP-M; DESIGN.md section 7).
+"""HILP with or without memory (HILP, HILP-M; README, "Algorithms").
 
 Temporal-distance features phi (two copies + targets, IQL-style value loss), successor
 features psi over phi, and a policy maximising psi . z. ``HILPModel`` holds the online networks
 and the no-grad inference API; ``HILPAgent`` owns targets, optimizers and ``update``.
 
-Choices (and where they differ from the reference code, official-code-reading.md section 4):
+Choices (and where they differ from the official code; README, "Choices and deviations"):
 
 - Goals for the phi loss come from the buffer (``Batch.hilp_goal_window``): the HILP defaults
   0.625 future state of the same trajectory (geometric offset, p = 1 - 0.99, the current state

@@ -2,13 +2,13 @@
 
 Every network takes *windows* (oldest row first) so that the same call works with and without
 memory: a memory-free network reads only the last row, a memory network encodes the whole window
-with its own memory model (``memory.make_memory``). Token pairings (DESIGN.md section 2):
+with its own memory model (``memory.make_memory``). Token pairings (``data.batch``):
 
 - F / psi: tokens (o_k, a_k), a_k the action taken at o_k (the current action is the last token);
 - pi: tokens (o_k, a_{k-1}), each observation with the action that led to it;
 - B / phi: tokens (g_k, a_k), g the B-stream observation, a_k the action taken at g_k.
 
-Widths follow the reference code (official-code-reading.md section 3): 512-wide preprocessors
+Widths follow the official code (enjeeneer/bfms-with-memory): 512-wide preprocessors
 (Linear -> LayerNorm -> tanh -> Linear -> ReLU), 1024-wide F heads and actor trunk.
 """
 
@@ -383,7 +383,7 @@ class FeatureCentring(nn.Module):
 
 @dataclass
 class RepresentationConfig:
-    """Settings shared by FB and HILP (defaults: DESIGN.md sections 1, 6, 7).
+    """Settings shared by FB and HILP (defaults: the paper's; README, "Algorithms").
 
     Attributes:
         z_dim: d, the task-embedding width (50).

@@ -5,10 +5,10 @@ Measures on the current machine and writes ``benchmarks/results/<timestamp>.json
 
 1. machine: dense matmul rate fp32 / bf16 (1024 x 1024), the hardware limit used below;
 2. updates/s of fb, fb_m and hilp_m with each memory type, at the ``small`` preset
-   (shared/BASELINES.md: widths 128, batch 64, L_F 8, L_B 4) and the ``paper`` config (batch 512,
+   (widths 128, batch 64, L_F 8, L_B 4, the size the official code was timed at) and the ``paper`` config (batch 512,
    L_F 32, L_B 8, GRU 512), in the modes eager / compiled / bf16 (autocast) / bf16+compiled; GFLOP
    per update (FlopCounterMode), the achieved GFLOP/s and its fraction of the measured matmul rate
-   at the same precision; the official code's s/update and our speed-up where BASELINES has it;
+   at the same precision; the official code's s/update and our speed-up where ``common.OFFICIAL`` has it;
 3. the time split of one training step (sampling, representation step, actor step, targets,
    logging) of fb_m GRU;
 4. evaluation throughput (env steps/s with the policy, sliding and carry mode) and the share of a
@@ -126,7 +126,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads, torch "
         f"{m['torch']}, {m['cuda'] or 'no GPU'}; load average at start {_fmt(m.get('loadavg_1m'), '.1f')}. "
         f"Dense matmul 1024^3: fp32 {report['matmul']['fp32']:.0f} GFLOP/s, bf16 {report['matmul']['bf16']:.0f} GFLOP/s "
-        f"(BASELINES: about 170 / 380).",
+        f"(the official code's timing run: about 170 / 380).",
         "",
         UPDATE_HEADER,
         *(_update_line(r) for r in report["updates"]),

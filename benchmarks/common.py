@@ -1,5 +1,5 @@
 """Shared benchmark helpers: timing on a shared machine, device sync, the machine's matmul limit,
-the official code's numbers (shared/BASELINES.md) and the presets measured.
+the official code's numbers (README, "Performance") and the presets measured.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-# shared/BASELINES.md: the official code (enjeeneer/bfms-with-memory 98fcd17) on this machine type
+# The official code (enjeeneer/bfms-with-memory 98fcd17) timed on this machine type
 # (2-core AMD EPYC, AVX-512 BF16, torch 2.13 CPU, 2 threads). Seconds per update, GFLOP per update.
 OFFICIAL = {
     ("paper", "fb_m", "gru"): {"s_per_update": 5.50, "gflop": 757.0},
@@ -70,7 +70,7 @@ class Preset:
 
 
 PRESETS = {
-    # BASELINES.md "small FB-M": GRU 128, all widths 128, batch 64, L_F 8, L_B 4.
+    # The official code's "small FB-M" timing: GRU 128, all widths 128, batch 64, L_F 8, L_B 4.
     "small": Preset("small", 64, 8, 4, 128),
     # The paper: GRU 512, batch 512, L_F 32, L_B 8.
     "paper": Preset("paper", 512, 32, 8, None),

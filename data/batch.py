@@ -18,7 +18,7 @@ histories are slices of the same tensor (no second gather):
 Rows before the episode start repeat ``obs[0]`` (or zeros with ``pad_with_zeros``) and carry a
 zero action, so no window ever crosses an episode boundary.
 
-The token sequences each network sees (DESIGN.md section 2, "Pairings") are slices:
+The token sequences each network sees (the pairings of ``agents.networks``) are slices:
 
 ==========================  =============================================  ==========================
 network / use               observations                                   actions

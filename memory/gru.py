@@ -29,8 +29,8 @@ class GRUMemory(MemoryModel):
     Attributes:
         zero_state_min_hidden: from this hidden size on, a window starting from the empty state
             runs its first step without the W_hh h_0 = 0 product (same result, 2 B hidden 3 hidden
-            fewer FLOPs forward and backward; 1.4 % of a paper FB-M update). Below it the extra
-            small kernels cost more than the product (3-4 % slower at hidden 128, batch 64).
+            fewer FLOPs forward and backward). Below it the extra small kernels cost more than the
+            product saves (README, "Performance").
     """
 
     zero_state_min_hidden: int = 256

@@ -127,7 +127,7 @@ class EnvSettings:
 
 @dataclass
 class TrainSettings:
-    """Training schedule and evaluation protocol (DESIGN.md section 8).
+    """Training schedule and evaluation protocol (README, "Training and evaluation").
 
     Attributes:
         learning_steps: gradient steps.
