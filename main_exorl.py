@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Hydra's output directories are derived from run_dir / run_root (configs/config.yaml).
+HYDRA_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 _PLAIN_PUNCTUATION = str.maketrans("", "", "_-.:/")  # characters hydra accepts unquoted
 
 
@@ -161,6 +163,14 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
         SystemExit: code 2 on flags argparse rejects.
     """
     hydra_args = [a for a in argv if "=" in a and not a.startswith("-")]
+    for arg in hydra_args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in HYDRA_DIR_KEYS:
+            _fail(
+                f"{key} is not used: hydra's directories follow the run directory; set it with --run_dir DIR "
+                "(or run_dir=DIR; the root of the default layout and of sweeps with run_root=DIR)",
+                EXIT_BAD_INPUT,
+            )
     flags = [a for a in argv if a not in hydra_args]
     parser = build_parser()
     args = parser.parse_args(flags)

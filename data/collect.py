@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data.exorl import DatasetError, list_episode_files, parse_episode_name, write_episode
+from data.progress import progress
 from data.reformat import COLLECTION_FILE
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def collect(
     logger.info("collecting %s %s episodes %d..%d into %s", domain, algo, done, total - 1, folder)
     physics = make_physics(domain, multiplier)
     if algo == "random":
-        for index in tqdm(range(done, total), desc=f"collect {domain} random", unit="ep"):
+        for index in progress(range(done, total), desc=f"collect {domain} random", unit="ep"):
             env_seed = episode_seed(seed, index)  # seeds the initial state and the actions
             env = make_env(domain, info.collection_task, env_seed, multiplier, physics=physics)
             rng = np.random.default_rng(env_seed)
@@ -234,7 +234,7 @@ def _collect_rnd(
             replay.add(read_episode(path))
         logger.info("resumed RND collection at episode %d (step %d)", done, step)
     dev = torch.device(device)
-    for index in tqdm(range(done, total), desc=f"collect {domain} rnd", unit="ep"):
+    for index in progress(range(done, total), desc=f"collect {domain} rnd", unit="ep"):
         env = make_env(
             domain, info.collection_task, episode_seed(seed, index), settings["multiplier"], physics=physics
         )

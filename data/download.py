@@ -13,9 +13,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from data.exorl import DatasetError
+from data.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def _attempt(url: str, part: Path, timeout: float) -> bool:
         mode = "ab" if offset else "wb"
         with (
             open(part, mode) as f,
-            tqdm(
+            progress(
                 total=total,
                 initial=offset,
                 unit="B",
@@ -174,7 +173,7 @@ def extract_archive(
             members = [(info, _check_member(info, target)) for info in zf.infolist()]
             count = 0
             kept = [(i, p) for i, p in members if i.filename.startswith(keep_prefix) and not i.is_dir()]
-            for info, path in tqdm(kept, desc=f"extract {Path(archive).name}", unit="file"):
+            for info, path in progress(kept, desc=f"extract {Path(archive).name}", unit="file"):
                 if path.is_file() and path.stat().st_size == info.file_size:
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)

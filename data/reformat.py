@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data.coverage import coverage, format_coverage
 from data.exorl import (
@@ -25,6 +24,7 @@ from data.exorl import (
     select_episodes,
     write_dataset,
 )
+from data.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def _load_episodes(
             array[i] = episode[key]
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(fill, range(len(files))), total=len(files), desc="read episodes", unit="ep"):
+        for _ in progress(
+            pool.map(fill, range(len(files))), total=len(files), desc="read episodes", unit="ep"
+        ):
             pass
     return arrays
 

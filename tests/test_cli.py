@@ -226,3 +226,19 @@ def test_carry_rollouts_on_occluded_observations(data_dir: Path, tmp_path: Path)
     for memory in ("gru", "s4d"):
         results = results_of(tmp_path / "fb_m" / "walker_occluded" / "rnd" / memory / "seed42")
         assert results["rollout_memory"] == "carry" and results["finite"]
+
+
+def test_progress_in_a_log_is_plain_lines(data_dir: Path, tmp_path: Path) -> None:
+    """Without a terminal the progress bar becomes one plain line a minute (and one at the end)."""
+    proc = run_cli(
+        "fb",
+        "walker",
+        "rnd",
+        "experiment=smoke",
+        "train.show_progress=true",
+        f"--data_dir={data_dir}",
+        f"--run_dir={tmp_path / 'run'}",
+    )
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if " upd (" in line]
+    assert len(lines) == 1 and lines[0].startswith("fb walker none: 6/6 upd (100 %), "), proc.stderr[-2000:]

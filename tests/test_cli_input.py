@@ -71,6 +71,8 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["fb_m", "walker", "rnd", "train.bogus=1"], "Key 'bogus' not in 'TrainSettings'"),
         (["fb_m", "walker", "rnd", "agent.bogus=1"], "Key 'bogus' not in"),
         (["fb", "walker", "rnd", "-m", "memory=gru,s4d"], "would share the run directory"),
+        (["fb", "walker", "rnd", "hydra.run.dir=out"], "hydra.run.dir is not used: "),
+        (["fb", "walker", "rnd", "-m", "hydra.sweep.dir=out"], "set it with --run_dir DIR"),
         (["fb", "walker", "rnd", "--recurrent_F"], "fb is memory-free; use fb_m for memory in F/pi or B"),
         (["hilp", "walker", "rnd", "--recurrent_B"], "hilp is memory-free; use hilp_m"),
         (

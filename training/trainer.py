@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from data.progress import progress
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.evaluation import EvalResult, Evaluator
@@ -130,7 +130,7 @@ class Trainer:
         self.logger.flush_train(step, {"time/updates_per_second": rate})
         self._tick = (now, step)
 
-    def _evaluate(self, step: int, bar: tqdm | None) -> None:
+    def _evaluate(self, step: int, bar: Any) -> None:
         result = self.evaluator.evaluate(self.agent, step)
         self.logger.log_eval(step, result.rows(), result.summary())
         log.info(
@@ -184,8 +184,9 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    def _progress(self, step: int, total: int) -> tqdm:
-        return tqdm(
+    def _progress(self, step: int, total: int) -> Any:
+        """A tqdm bar on a terminal, one line a minute in a log (``data.progress``)."""
+        return progress(
             total=total,
             initial=step,
             unit="upd",
