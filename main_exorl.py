@@ -21,12 +21,23 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from training.config import RunConfig
+from training.config import (  # stdlib-only module: --help stays fast
+    ALGORITHMS,
+    MEMORY_TYPES,
+    POMDP_VARIANTS,
+    AgentSettings,
+    ConfigError,
+    MemorySettings,
+    RunConfig,
+    memory_label,
+    run_config_from_dict,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# envs.DOMAINS' names (not imported here: dm_control takes a second to load; tests/test_repo.py keeps them equal).
+DOMAIN_NAMES: tuple[str, ...] = ("walker", "cheetah", "quadruped")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -72,15 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr=3e-4 experiment=smoke -m seed=0,1,2.",
     )
-    p.add_argument("algorithm", help="fb_m, hilp_m, fb or hilp (memory-free)")
+    p.add_argument("algorithm", help=f"{', '.join(ALGORITHMS)} (fb and hilp are memory-free)")
     p.add_argument(
         "domain",
-        help="walker, cheetah, quadruped, optionally _flickering/_noise/_sensors/_occluded or _dynamics_X/_rewards_X",
+        help=f"{', '.join(DOMAIN_NAMES)}, optionally {'/'.join('_' + v for v in POMDP_VARIANTS)} or _dynamics_X/_rewards_X",
     )
     p.add_argument("dataset", help="ExORL exploration algorithm of the dataset (rnd, random, proto, ...)")
-    p.add_argument("--memory_type", help="gru (default), transformer, s4d, mlp (frame stacking)")
-    p.add_argument("--history_length", type=int, help="L_F, context of F and pi (default 32)")
-    p.add_argument("--backward_history_length", type=int, help="L_B, context of B (default 8)")
+    p.add_argument(
+        "--memory_type",
+        help=f"{', '.join(MEMORY_TYPES)} (default {MemorySettings.name}; mlp: frame stacking)",
+    )
+    p.add_argument(
+        "--history_length",
+        type=int,
+        help=f"L_F, context of F and pi (default {MemorySettings.history_length})",
+    )
+    p.add_argument(
+        "--backward_history_length",
+        type=int,
+        help=f"L_B, context of B (default {MemorySettings.backward_history_length})",
+    )
     p.add_argument(
         "--model_dimension", type=int, help="memory model width (default 512 gru/mlp, 32 transformer/s4d)"
     )
@@ -197,8 +219,6 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
 
 def _check_choices(args: argparse.Namespace) -> None:
     """Rejects unknown algorithm and memory names at once (comma lists allowed with -m)."""
-    from training.config import ALGORITHMS, MEMORY_TYPES
-
     for what, value, accepted in (
         ("algorithm", args.algorithm, ALGORITHMS),
         ("memory type", args.memory_type, MEMORY_TYPES),
@@ -211,8 +231,6 @@ def _check_choices(args: argparse.Namespace) -> None:
 
 
 def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
-    from training.config import memory_label
-
     return memory_label(str(recurrent_F).lower() == "true", str(recurrent_B).lower() == "true", str(memory))
 
 
@@ -242,7 +260,6 @@ def _agent_schema(config_cls: type) -> Any:
     are left out, so each setting has one place on the command line.
     """
     from training import builders
-    from training.config import AgentSettings
 
     own = [(f.name, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
     skip = {name for name, _ in own} | set(builders.MEMORY_FIELD_NAMES)
@@ -355,7 +372,6 @@ def _task(hydra_cfg: Any) -> dict[str, Any]:
     """Hydra job entry point: plain dataclasses from here on."""
     from omegaconf import OmegaConf
 
-    from training.config import ConfigError, run_config_from_dict
     from training.trainer import NonFiniteLossError
 
     try:
@@ -385,8 +401,6 @@ def cli(argv: list[str] | None = None) -> None:
     register_configs()
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from training.config import ConfigError
 
     try:
         seen: dict[str, int] = {}

@@ -31,11 +31,13 @@ from typing import Any
 
 import torch
 
+from agents import AGENTS
 from benchmarks.common import OFFICIAL, PRESETS, machine_info, matmul_gflops
 from benchmarks.update_speed import MODES, build, count_gflop, synthetic_batch, time_split, time_updates
+from memory import REGISTRY
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MEMORIES = ["gru", "transformer", "s4d", "mlp"]
+MEMORIES = list(REGISTRY)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small preset only, eager + bf16, < 1 min")
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=["small", "paper"])
-    parser.add_argument("--algos", nargs="+", default=["fb", "fb_m", "hilp_m"])
+    parser.add_argument("--algos", nargs="+", choices=list(AGENTS), default=["fb", "fb_m", "hilp_m"])
     parser.add_argument("--memories", nargs="+", default=MEMORIES)
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "compiled", "bf16"],
                         help="modes at the small preset")  # fmt: skip

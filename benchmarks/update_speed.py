@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents import make_agent
+from agents import AGENTS, make_agent
 from benchmarks.common import PRESETS, Preset, summarise, sync, time_calls
 from data.batch import Batch
+from memory import REGISTRY
 
 OBS, GOAL, ACT = 24, 24, 6  # walker
 MODES = {
@@ -175,8 +176,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", choices=list(PRESETS), default="small")
-    parser.add_argument("--algos", nargs="+", default=["fb", "fb_m", "hilp_m"])
-    parser.add_argument("--memories", nargs="+", default=["gru", "transformer", "s4d", "mlp"])
+    parser.add_argument("--algos", nargs="+", choices=list(AGENTS), default=["fb", "fb_m", "hilp_m"])
+    parser.add_argument("--memories", nargs="+", choices=list(REGISTRY), default=list(REGISTRY))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)

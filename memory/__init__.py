@@ -14,9 +14,9 @@ from memory.transformer import TransformerMemory
 
 REGISTRY: dict[str, type[MemoryModel]] = {
     "gru": GRUMemory,
-    "mlp": MLPMemory,
-    "s4d": S4DMemory,
     "transformer": TransformerMemory,
+    "s4d": S4DMemory,
+    "mlp": MLPMemory,
 }
 
 

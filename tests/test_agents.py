@@ -11,6 +11,7 @@ from agents import FBConfig, HILPConfig, make_agent
 from agents.fb import fb_measure_loss, ortho_loss
 from agents.networks import offdiag_mean
 from data.batch import Batch
+from memory import REGISTRY
 from training.checkpoint import load_agent, restore_agent, save_agent
 
 
@@ -24,7 +25,7 @@ def single_thread():
 
 
 OBS, GOAL, ACT, L_F, L_B, D = 5, 4, 2, 4, 3, 8
-MEMORY_TYPES = ["gru", "transformer", "s4d", "mlp"]
+MEMORY_TYPES = list(REGISTRY)
 SMALL = {
     "z_dim": D,
     "hidden_dim": 32,

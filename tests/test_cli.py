@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from training.config import ALGORITHMS, MEMORY_TYPES  # equal to the registries (tests/test_repo.py)
+
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ("fb", "fb_m", "hilp", "hilp_m")
-MEMORY_TYPES = ("gru", "transformer", "s4d", "mlp")
 
 
 def cli_env() -> dict[str, str]:

@@ -24,3 +24,31 @@ def test_docstrings_cite_only_files_in_the_repository() -> None:
     ]
     assert not hits, f"references to files outside the repository: {hits}"
     assert len(source_files()) > 40  # the scan sees the code
+
+
+def test_registries_configs_and_defaults_agree() -> None:
+    """Memory types, algorithms and domains: one registry each, and every list agrees with it."""
+    import inspect
+
+    import yaml
+
+    import agents
+    import envs
+    import main_exorl
+    import memory
+    from training import config
+
+    assert config.MEMORY_TYPES == tuple(memory.REGISTRY)
+    assert config.ALGORITHMS == tuple(agents.AGENTS)
+    assert main_exorl.DOMAIN_NAMES == tuple(envs.DOMAINS)
+    yamls = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "configs" / "memory").glob("*.yaml")}
+    assert set(yamls) == set(memory.REGISTRY)
+    agent_yamls = {p.stem for p in (ROOT / "configs" / "agent").glob("*.yaml")}
+    assert agent_yamls >= set(agents.AGENTS), agent_yamls
+    for name, cls in memory.REGISTRY.items():
+        default = inspect.signature(cls).parameters["model_dimension"].default
+        assert yamls[name]["name"] == name
+        assert yamls[name].get("model_dimension", default) == default == config.DEFAULT_MODEL_DIMENSION[name]
+    help_text = main_exorl.build_parser().format_help()
+    for name in (*config.MEMORY_TYPES, *config.ALGORITHMS, *envs.DOMAINS):
+        assert name in help_text
