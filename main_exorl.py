@@ -20,8 +20,10 @@ import argparse
 import dataclasses
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 from training.config import (  # stdlib-only module: --help stays fast
     ALGORITHMS,
@@ -263,6 +265,7 @@ def _agent_schema(config_cls: type) -> Any:
 
     own = [(f.name, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
     skip = {name for name, _ in own} | set(builders.MEMORY_FIELD_NAMES)
+    hints = typing.get_type_hints(config_cls)
     extra = []
     for f in dataclasses.fields(config_cls):
         if f.name in skip or not f.init:
@@ -270,11 +273,29 @@ def _agent_schema(config_cls: type) -> Any:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, tuple):
             default = list(default)
+        kind = _schema_type(hints[f.name])
         if f.name in builders.DOMAIN_DEPENDENT_FIELDS:
             default = None  # filled per domain by builders.domain_defaults unless set
-        extra.append((f.name, Any, dataclasses.field(default_factory=lambda d=default: d)))
-    fields = [(n, Any, dataclasses.field(default=d)) for n, d in own] + extra
-    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields)
+            kind = Optional[kind] if kind is not Any else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
+        extra.append((f.name, kind, dataclasses.field(default_factory=lambda d=default: d)))
+    own_hints = typing.get_type_hints(AgentSettings)
+    fields = [(n, own_hints[n], dataclasses.field(default=d)) for n, d in own]
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields + extra)
+
+
+def _schema_type(hint: Any) -> Any:
+    """The OmegaConf type of an agent-config field: int, float, bool, str, Optional of one of
+    them, a dict, else Any (checked by the config's own ``__post_init__``). Floats accept ints."""
+    plain = (int, float, bool, str)
+    if hint in plain:
+        return hint
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return Optional[inner] if inner in plain else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
+    if typing.get_origin(hint) is dict:
+        return dict[str, Any]
+    return Any
 
 
 def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:

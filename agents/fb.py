@@ -34,6 +34,7 @@ from agents.networks import (
     build_actor,
     build_backward,
     build_forward,
+    check_settings,
     configure_device,
     inference,
     last_rows,
@@ -68,6 +69,8 @@ class FBConfig(RepresentationConfig):
     z_mix_goal: str = "next"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_settings(self, positive=("lr_b",), non_negative=("ortho_coef",))
         if self.z_mix_goal not in ("next", "current"):
             raise ValueError(f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}")
 

@@ -39,6 +39,7 @@ from agents.networks import (
     build_actor,
     build_backward,
     build_forward,
+    check_settings,
     configure_device,
     inference,
     last_rows,
@@ -79,6 +80,14 @@ class HILPConfig(RepresentationConfig):
     sf_loss: str = "vector"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_settings(
+            self,
+            positive=("lr_phi",),
+            unit=("tau_phi", "feature_momentum"),
+            discount=("gamma_phi",),
+            fraction=("expectile",),
+        )
         if self.sf_loss not in ("vector", "scalar"):
             raise ValueError(f"sf_loss must be 'vector' or 'scalar', got {self.sf_loss!r}")
 

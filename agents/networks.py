@@ -459,12 +459,69 @@ class RepresentationConfig:
     fused_adam: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_settings(
+            self,
+            at_least_1=(
+                "z_dim",
+                "hidden_dim",
+                "head_hidden_dim",
+                "model_dimension",
+                "history_length",
+                "backward_history_length",
+                "batch_size",
+                "inference_chunk",
+            ),
+            positive=("lr_f", "lr_actor", "grad_clamp"),
+            unit=("tau",),
+            discount=("gamma",),
+            fraction=("z_mix_ratio",),
+            non_negative=("actor_std", "actor_clip"),
+        )
+
     def memory_of(self, position: str) -> str:
         """The memory type of ``position`` in {"F", "B", "actor"}."""
         override = {"F": self.memory_type_F, "B": self.memory_type_B, "actor": self.memory_type_actor}[
             position
         ]
         return override or self.memory_type
+
+
+def check_settings(
+    config: Any,
+    *,
+    at_least_1: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    unit: tuple[str, ...] = (),
+    discount: tuple[str, ...] = (),
+    fraction: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+) -> None:
+    """Range checks of config fields (None, where a field allows it, is not checked).
+
+    ``at_least_1``: integers >= 1; ``positive``: > 0; ``unit``: in (0, 1]; ``discount``: in
+    [0, 1); ``fraction``: in [0, 1]; ``non_negative``: >= 0.
+
+    Raises:
+        ValueError: ``"<field> must be ..., got <value>"`` for the first field out of range.
+    """
+    rules = [
+        (at_least_1, lambda v: v >= 1, ">= 1"),
+        (positive, lambda v: v > 0, "> 0"),
+        (unit, lambda v: 0 < v <= 1, "in (0, 1]"),
+        (discount, lambda v: 0 <= v < 1, "in [0, 1)"),
+        (fraction, lambda v: 0 <= v <= 1, "in [0, 1]"),
+        (non_negative, lambda v: v >= 0, ">= 0"),
+    ]
+    for names, ok, wanted in rules:
+        for name in names:
+            value = getattr(config, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number {wanted}, got {value!r}")
+            if not ok(value):
+                raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
 def history_network_settings(config: RepresentationConfig, position: str) -> dict[str, Any]:

@@ -50,12 +50,12 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             ["fb_m", "walker", "rnd", "memory=lstm"],
             "Could not find 'memory/lstm'; accepted: gru, mlp, s4d, transformer",
         ),
-        (["fb_m", "walker", "rnd", "--history_length", "0"], "history length must be >= 1, got 0"),
+        (["fb_m", "walker", "rnd", "--history_length", "0"], "memory.history_length (--history_length) must be >= 1, got 0"),
         (
             ["fb_m", "walker", "rnd", "--backward_history_length", "-1"],
-            "backward history length must be >= 1, got -1",
+            "memory.backward_history_length (--backward_history_length) must be >= 1, got -1",
         ),
-        (["fb_m", "walker", "rnd", "--eval_rollouts", "0"], "eval_rollouts must be >= 1, got 0"),
+        (["fb_m", "walker", "rnd", "--eval_rollouts", "0"], "train.eval_rollouts must be >= 1, got 0"),
         (
             [
                 "fb_m",
@@ -72,6 +72,37 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["fb_m", "walker", "rnd", "agent.bogus=1"], "Key 'bogus' not in"),
         (["fb", "walker", "rnd", "-m", "memory=gru,s4d"], "would share the run directory"),
         (["fb", "walker", "rnd", "hydra.run.dir=out"], "hydra.run.dir is not used: "),
+        (
+            ["fb_m", "walker", "rnd", "agent.tau=abc"],
+            "agent.tau=abc: Value 'abc' of type 'str' could not be converted to Float",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "agent.lr_f=[1,2]"],
+            "agent.lr_f=[1,2]: Value '[1, 2]' of type 'list' could not be converted",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "agent.bf16=maybe"],
+            "agent.bf16=maybe: Value 'maybe' is not a valid bool",
+        ),
+        (["fb_m", "walker", "rnd", "agent.tau=2"], "agent.tau must be in (0, 1], got 2.0"),
+        (["fb_m", "walker", "rnd", "agent.gamma=1"], "agent.gamma must be in [0, 1), got 1.0"),
+        (["fb_m", "walker", "rnd", "agent.z_dim=0"], "agent.z_dim must be >= 1, got 0"),
+        (["fb_m", "walker", "rnd", "agent.lr_b=-1e-4"], "agent.lr_b must be > 0, got -0.0001"),
+        (
+            ["fb_m", "walker", "rnd", "agent.z_mix_goal=later"],
+            "agent.z_mix_goal must be 'next' or 'current', got 'later'",
+        ),
+        (["fb_m", "walker", "rnd", "--model_dimension", "0"], "memory.model_dimension must be >= 1, got 0"),
+        (
+            ["hilp", "walker", "rnd", "agent.gamma_phi=abc"],
+            "agent.gamma_phi=abc: Value 'abc' of type 'str' could not be converted to Float",
+        ),
+        (["hilp", "walker", "rnd", "agent.tau_phi=0"], "agent.tau_phi must be in (0, 1], got 0.0"),
+        (
+            ["hilp", "walker", "rnd", "agent.sf_loss=matrix"],
+            "agent.sf_loss must be 'vector' or 'scalar', got 'matrix'",
+        ),
+        (["hilp_m", "walker", "rnd", "agent.lr_b=1e-4"], "Key 'lr_b' not in"),
         (["fb", "walker", "rnd", "-m", "hydra.sweep.dir=out"], "set it with --run_dir DIR"),
         (["fb", "walker", "rnd", "--recurrent_F"], "fb is memory-free; use fb_m for memory in F/pi or B"),
         (["hilp", "walker", "rnd", "--recurrent_B"], "hilp is memory-free; use hilp_m"),

@@ -52,3 +52,9 @@ def test_registries_configs_and_defaults_agree() -> None:
     help_text = main_exorl.build_parser().format_help()
     for name in (*config.MEMORY_TYPES, *config.ALGORITHMS, *envs.DOMAINS):
         assert name in help_text
+
+
+def test_every_agent_field_set_from_another_group_names_its_key() -> None:
+    from training import builders
+
+    assert set(builders.RUN_KEYS) == set(builders.MEMORY_FIELD_NAMES)

@@ -138,7 +138,13 @@ def agent_config(cfg: RunConfig) -> Any:
     values.update(
         {k: v for k, v in cfg.agent.overrides.items() if not (k in DOMAIN_DEPENDENT_FIELDS and v is None)}
     )
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except ValueError as error:  # a range check of the agents' config: "<field> must be ..., got ..."
+        field_name = str(error).split(" ", 1)[0]
+        raise ConfigError(
+            f"{RUN_KEYS.get(field_name, 'agent.' + field_name)}{str(error)[len(field_name) :]}"
+        ) from error
 
 
 def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
@@ -157,6 +163,17 @@ def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
 
 # The agent fields the run config fills from other groups (not set as agent.<field> on the CLI).
 MEMORY_FIELD_NAMES: tuple[str, ...] = tuple(_memory_fields(RunConfig()))
+# Where the user sets those fields (messages name these keys).
+RUN_KEYS: dict[str, str] = {
+    "memory_type": "memory.name",
+    "model_dimension": "memory.model_dimension",
+    "history_length": "memory.history_length",
+    "backward_history_length": "memory.backward_history_length",
+    "recurrent_F": "agent.recurrent_F",
+    "recurrent_B": "agent.recurrent_B",
+    "seed": "seed",
+    "batch_size": "train.batch_size",
+}
 
 
 DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = ("gamma_phi", "sf_loss")
