@@ -215,8 +215,15 @@ def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def study_span_s(done: list[Job], runs: Path) -> float:
+    """Seconds from the first run's start (its config.yaml) to the last run's end (its results.json)."""
+    starts = [job.run_dir(runs).joinpath("config.yaml").stat().st_mtime for job in done]
+    ends = [job.run_dir(runs).joinpath("results.json").stat().st_mtime for job in done]
+    return max(ends) - min(starts)
+
+
 def summary(
-    rows: list[dict], args: argparse.Namespace, count: int, wall_s: float, ledger: Ledger, command: str
+    rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, ledger: Ledger, command: str
 ) -> str:
     """The paper-shaped comparison (ours beside the paper's percentages) with command and timing."""
     keyed = {(r["variant"], r["method"]): r for r in rows}
@@ -226,11 +233,12 @@ def summary(
         "",
         f"Command: `{command}`",
         "",
-        f"Runs: {count} ({', '.join(args.methods)} x {', '.join(args.domains)} x seeds "
+        f"Runs: {len(done)} ({', '.join(args.methods)} x {', '.join(args.domains)} x seeds "
         f"{' '.join(map(str, args.seeds))}), {args.updates} updates each, preset `{args.preset}`, "
         f"{args.episodes} locally collected episodes (`--explorer cpu`).",
-        f"Wall time of this invocation: {wall_s / 60:.1f} min; summed run time over all invocations: "
-        f"{sum(ledger.seconds.values()) / 60:.1f} min ({args.jobs} at a time).",
+        f"Wall time from the first run's start to the last run's end: {study_span_s(done, Path(args.runs)) / 60:.1f} min "
+        f"({args.jobs} runs at a time; this invocation {wall_s / 60:.1f} min); summed run time "
+        f"{sum(ledger.seconds.get(job.key(), 0.0) for job in done) / 60:.1f} min.",
         "",
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
         "CI); in brackets after 'paper' the paper's figure for walker.",
@@ -286,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = list(pool.map(lambda job: run_job(job, args, ledger), todo))
     failed = [job.key() for job, good in zip(todo, ok, strict=True) if not good]
     # Only this study's runs at this budget (the runs root may hold others, e.g. a shorter budget).
-    done = {job.run_dir(Path(args.runs)).resolve() for job in jobs if finished(job, args)}
-    runs = [run for run in plot_results.find_runs([args.runs]) if run.path.resolve() in done]
+    done = [job for job in jobs if finished(job, args)]
+    done_dirs = {job.run_dir(Path(args.runs)).resolve() for job in done}
+    runs = [run for run in plot_results.find_runs([args.runs]) if run.path.resolve() in done_dirs]
     if runs:
         rows = plot_results.aggregate(runs, "final", args.reps)
         out = Path(args.report_dir)
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.md").write_text(plot_results.markdown(rows, "final"))
         plot_results.plot_curves(rows, out / "learning_curves.png")
         plot_results.plot_bars(rows, out / "iqm_bars.png")
-        text = summary(rows, args, len(runs), time.perf_counter() - start, ledger, command)
+        text = summary(rows, args, done, time.perf_counter() - start, ledger, command)
         (out / "summary.md").write_text(text)
         print(text)
         say(f"report written to {out}")
