@@ -46,7 +46,7 @@ from agents.networks import (
     polyak_update,
     project_to_sphere,
 )
-from data.batch import Batch
+from data.batch import Batch, BatchSpec
 
 Metrics = dict[str, torch.Tensor]
 
@@ -73,6 +73,10 @@ class FBConfig(RepresentationConfig):
         check_settings(self, positive=("lr_b",), non_negative=("ortho_coef",))
         if self.z_mix_goal not in ("next", "current"):
             raise ValueError(f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}")
+
+    def batch_spec(self) -> BatchSpec:
+        """FB needs the windows every batch has, nothing more."""
+        return BatchSpec()
 
 
 def fb_measure_loss(

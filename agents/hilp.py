@@ -6,7 +6,8 @@ and the no-grad inference API; ``HILPAgent`` owns targets, optimizers and ``upda
 
 Choices (and where they differ from the official code; README, "Choices and deviations"):
 
-- Goals for the phi loss come from the buffer (``Batch.hilp_goal_window``): the HILP defaults
+- Goals for the phi loss come from the buffer (``Batch.sampled_goal_window``, asked for by
+  ``HILPConfig.batch_spec``): the HILP defaults
   0.625 future state of the same trajectory (geometric offset, p = 1 - 0.99, the current state
   itself possible) and 0.375 random state; the reference wires 0.3 random / 0.2 current / 0.5
   future instead.
@@ -50,7 +51,7 @@ from agents.networks import (
     polyak_update,
     project_to_sphere,
 )
-from data.batch import Batch
+from data.batch import Batch, BatchSpec, GoalSampling
 
 Metrics = dict[str, torch.Tensor]
 
@@ -69,6 +70,10 @@ class HILPConfig(RepresentationConfig):
         feature_momentum: EMA weight of the running mean subtracted from the exposed features.
         sf_loss: "vector" (MSE over the d components of psi) or "scalar" (MSE of psi . z, the
             reference's quadruped choice).
+        goal_future_prob: probability that a phi-loss goal is a future state of the same
+            episode (0.625, the HILP paper's; the rest are random states of the dataset).
+        goal_discount: discount of the geometric offset of future goals (0.99: offsets >= 1 with
+            success probability 1 - 0.99).
     """
 
     lr_phi: float = 5e-4
@@ -78,6 +83,8 @@ class HILPConfig(RepresentationConfig):
     phi_sphere: bool = True
     feature_momentum: float = 0.005
     sf_loss: str = "vector"
+    goal_future_prob: float = 0.625
+    goal_discount: float = 0.99
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,11 +92,15 @@ class HILPConfig(RepresentationConfig):
             self,
             positive=("lr_phi",),
             unit=("tau_phi", "feature_momentum"),
-            discount=("gamma_phi",),
-            fraction=("expectile",),
+            discount=("gamma_phi", "goal_discount"),
+            fraction=("expectile", "goal_future_prob"),
         )
         if self.sf_loss not in ("vector", "scalar"):
             raise ValueError(f"sf_loss must be 'vector' or 'scalar', got {self.sf_loss!r}")
+
+    def batch_spec(self) -> BatchSpec:
+        """Batches with goals for the phi loss (future / random states, see the fields)."""
+        return BatchSpec(goals=GoalSampling(self.goal_future_prob, 1.0 - self.goal_discount))
 
 
 def temporal_distance(phi_s: torch.Tensor, phi_g: torch.Tensor) -> torch.Tensor:
@@ -221,15 +232,15 @@ class HILPAgent(AgentBase):
         Also moves the feature running mean (phi_1 at s_t).
         """
         cfg, rec = self.config, self.model.phi_recurrent
-        if batch.hilp_goal_window is None:
+        if batch.sampled_goal_window is None:
             raise ValueError(
-                "HILP needs batches with hilp_goal_window: sample them with buffer.sample(..., hilp=True)"
+                "HILP needs batches with goals: sample them with buffer.sample(n, agent.batch_spec)"
             )
         s, s_a = last_rows(batch.goal_window[:, :-1], rec), last_rows(batch.goal_action_window[:, :-1], rec)
         s2, s2_a = last_rows(batch.goal_window[:, 1:], rec), last_rows(batch.goal_action_window[:, 1:], rec)
-        g, g_a = last_rows(batch.hilp_goal_window, rec), last_rows(batch.hilp_goal_action_window, rec)
+        g, g_a = last_rows(batch.sampled_goal_window, rec), last_rows(batch.sampled_goal_action_window, rec)
         n = s.shape[0]
-        at_goal = batch.hilp_goal_is_current.float()  # [n]
+        at_goal = batch.sampled_goal_is_current.float()  # [n]
         reward, not_done = at_goal - 1.0, 1.0 - at_goal  # [n]
         with torch.no_grad(), self._autocast():
             tgt = [

@@ -663,6 +663,11 @@ class AgentBase:
     model: nn.Module
     device: torch.device
 
+    @property
+    def batch_spec(self) -> Any:
+        """What this algorithm's training batches hold (``data.batch.BatchSpec``, from its config)."""
+        return self.config.batch_spec()
+
     def _setup_generator(self) -> None:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.config.seed)

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from agents import HILPConfig  # noqa: E402
 from benchmarks.common import time_calls  # noqa: E402
 from data import SequenceBuffer, dataset_path  # noqa: E402
 from data.exorl import reward_key, write_dataset  # noqa: E402
@@ -69,7 +70,9 @@ def bench_sampling(path: Path, args: argparse.Namespace) -> None:
             path, "walker", None, args.history, args.backward_history, seed=0, device=args.device, **kwargs
         )
         fb = median_ms(lambda b=buffer: b.sample(args.batch), args.repeats, args.device)
-        hilp = median_ms(lambda b=buffer: b.sample(args.batch, hilp=True), args.repeats, args.device)
+        hilp = median_ms(
+            lambda b=buffer: b.sample(args.batch, HILPConfig().batch_spec()), args.repeats, args.device
+        )
         labelled = median_ms(
             lambda b=buffer: b.sample_labelled(10_000), max(3, args.repeats // 10), args.device
         )

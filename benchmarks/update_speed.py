@@ -46,9 +46,9 @@ def synthetic_batch(preset: Preset, device: torch.device | str, seed: int = 0) -
         prev_action_window=torch.rand(n, lf + 1, ACT, generator=g) * 2 - 1,
         goal_window=torch.randn(n, lb + 1, GOAL, generator=g),
         goal_action_window=torch.rand(n, lb + 1, ACT, generator=g) * 2 - 1,
-        hilp_goal_window=torch.randn(n, lb, GOAL, generator=g),
-        hilp_goal_action_window=torch.rand(n, lb, ACT, generator=g) * 2 - 1,
-        hilp_goal_is_current=(torch.rand(n, generator=g) < 0.2).float(),
+        sampled_goal_window=torch.randn(n, lb, GOAL, generator=g),
+        sampled_goal_action_window=torch.rand(n, lb, ACT, generator=g) * 2 - 1,
+        sampled_goal_is_current=(torch.rand(n, generator=g) < 0.2).float(),
     )
     return batch.to(device)
 
@@ -122,7 +122,6 @@ def time_split(
     from training.logger import MetricLogger
 
     module = agents.fb if hasattr(agent, "fb_optimizer") else agents.hilp
-    hilp = module is agents.hilp
     parts: dict[str, list[float]] = {
         k: [] for k in ("sampling", "representation", "actor", "target", "logging")
     }
@@ -143,7 +142,7 @@ def time_split(
                 clock.polyak.clear()
                 sync(device)
                 t0 = time.perf_counter()
-                batch = buffer.sample(preset.batch, hilp=hilp)
+                batch = buffer.sample(preset.batch, agent.batch_spec)
                 sync(device)
                 t1 = time.perf_counter()
                 metrics = agent.update(batch)

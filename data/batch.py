@@ -34,9 +34,10 @@ B(g_t) (z sampling)         ``goal_window[:, :-1]``                         ``go
 Memory-free networks use the last token only: o_t = ``obs_window[:, -2]``,
 a_t = ``prev_action_window[:, -1]``, o_{t+1} = ``obs_window[:, -1]``, g_{t+1} = ``goal_window[:, -1]``.
 
-HILP adds goal windows for its temporal-distance features (``hilp_goal_window`` and its actions,
-``L_B`` rows ending at the goal state, same (g, action-taken-at-g) pairing) and a flag that is 1
-where the goal row is the current state itself.
+An algorithm that needs sampled goals (HILP, for its temporal-distance features) declares them
+with a ``GoalSampling`` (its config's ``batch_spec()``); the batch then also holds goal windows
+(``sampled_goal_window`` and its actions, ``L_B`` rows ending at the goal state, the same
+(g, action-taken-at-g) pairing) and a flag that is 1 where the goal row is the current state itself.
 """
 
 from __future__ import annotations
@@ -44,6 +45,32 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+
+
+@dataclass(frozen=True)
+class GoalSampling:
+    """Goals sampled with each batch: a future state of the same episode with probability
+    ``future_prob`` (at a geometric offset >= 1 from the current row, success probability
+    ``geometric_p``, clipped to the episode's last row), else a uniformly random state of the data.
+
+    Attributes:
+        future_prob: probability of a future goal (HILP: 0.625; the rest random).
+        geometric_p: success probability of the geometric offset (HILP: 1 - 0.99).
+    """
+
+    future_prob: float
+    geometric_p: float
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What an algorithm needs in its training batches beyond the windows every one gets.
+
+    Attributes:
+        goals: sampled goal windows (``Batch.sampled_goal_*``), or None for none.
+    """
+
+    goals: GoalSampling | None = None
 
 
 @dataclass
@@ -55,18 +82,19 @@ class Batch:
         prev_action_window: [B, L_F + 1, act_dim] action that led to each row of obs_window.
         goal_window: [B, L_B + 1, goal_dim] B-stream observations ending at g_{t+1}.
         goal_action_window: [B, L_B + 1, act_dim] action taken at each row of goal_window.
-        hilp_goal_window: [B, L_B, goal_dim] HILP goal windows (future or random state), or None.
-        hilp_goal_action_window: [B, L_B, act_dim] actions taken at those goals, or None.
-        hilp_goal_is_current: [B] 1.0 where the HILP goal is g_t itself, else 0.0, or None.
+        sampled_goal_window: [B, L_B, goal_dim] sampled goal windows (future or random state), or
+            None when the batch spec asks for no goals.
+        sampled_goal_action_window: [B, L_B, act_dim] actions taken at those goals, or None.
+        sampled_goal_is_current: [B] 1.0 where the goal row is g_t itself, else 0.0, or None.
     """
 
     obs_window: torch.Tensor
     prev_action_window: torch.Tensor
     goal_window: torch.Tensor
     goal_action_window: torch.Tensor
-    hilp_goal_window: torch.Tensor | None = None
-    hilp_goal_action_window: torch.Tensor | None = None
-    hilp_goal_is_current: torch.Tensor | None = None
+    sampled_goal_window: torch.Tensor | None = None
+    sampled_goal_action_window: torch.Tensor | None = None
+    sampled_goal_is_current: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.batch import Batch, LabelledWindows
+from data.batch import Batch, BatchSpec, GoalSampling, LabelledWindows
 from data.exorl import DatasetError, read_array_rows, read_manifest, reward_key, select_episodes
 
 logger = logging.getLogger(__name__)
-
-HILP_FUTURE_PROB = 0.625  # HILP defaults: 0.625 future state, 0.375 random state, 0 current state
-HILP_GEOMETRIC_P = 1.0 - 0.99  # success probability of the geometric future offset (>= 1)
 
 
 def _is_identity(transform: Any) -> bool:
@@ -239,19 +236,20 @@ class SequenceBuffer:
     # ------------------------------------------------------------------------------------------
     # sampling
 
-    def sample(self, batch_size: int, hilp: bool = False) -> Batch:
+    def sample(self, batch_size: int, spec: BatchSpec | None = None) -> Batch:
         """Sample a training batch: uniform episode, uniform transition index s in 1..T-1.
 
         Args:
             batch_size: B.
-            hilp: also sample HILP goals (0.625 future state at a geometric offset >= 1 from the
-                current row s-1, clipped to row T-1; 0.375 uniform random state of the dataset).
+            spec: what the algorithm needs beyond the windows (``agent.batch_spec``); with
+                ``spec.goals`` also goals (a future state at a geometric offset >= 1 from the
+                current row s-1, clipped to row T-1, else a uniform random state of the dataset).
 
         Returns:
             A ``Batch`` with the pairings of ``data/batch.py``: obs_window [B, L_F+1, obs],
             prev_action_window [B, L_F+1, act], goal_window [B, L_B+1, goal],
-            goal_action_window [B, L_B+1, act]; with ``hilp`` also hilp_goal_window [B, L_B, goal],
-            hilp_goal_action_window [B, L_B, act], hilp_goal_is_current [B].
+            goal_action_window [B, L_B+1, act]; with ``spec.goals`` also sampled_goal_window
+            [B, L_B, goal], sampled_goal_action_window [B, L_B, act], sampled_goal_is_current [B].
         """
         gen, dev, T = self.generator, self.device, self.episode_length
         episode = torch.randint(0, self.num_episodes, (batch_size,), generator=gen, device=dev)  # [B]
@@ -272,27 +270,29 @@ class SequenceBuffer:
                 self._action, self._action_index(episode, rows_b + 1, rows_b >= 0)
             ),
         )
-        if hilp:
-            self._add_hilp_goals(batch, episode, step)
+        if spec is not None and spec.goals is not None:
+            self._add_goals(batch, episode, step, spec.goals)
         return batch
 
-    def _add_hilp_goals(self, batch: Batch, episode: torch.Tensor, step: torch.Tensor) -> None:
+    def _add_goals(
+        self, batch: Batch, episode: torch.Tensor, step: torch.Tensor, goals: GoalSampling
+    ) -> None:
         gen, dev, T, B = self.generator, self.device, self.episode_length, len(episode)
         current = step - 1  # [B], row of g_t
         uniform = torch.rand(B, generator=gen, device=dev).clamp_min(torch.finfo(torch.float32).tiny)
-        offset = torch.floor(torch.log(uniform) / np.log1p(-HILP_GEOMETRIC_P)).long() + 1  # [B], Geom >= 1
+        offset = torch.floor(torch.log(uniform) / np.log1p(-goals.geometric_p)).long() + 1  # [B], Geom >= 1
         future_row = (current + offset).clamp(max=T - 1)  # [B]
         random_episode = torch.randint(0, self.num_episodes, (B,), generator=gen, device=dev)  # [B]
         random_row = torch.randint(0, T, (B,), generator=gen, device=dev)  # [B], 0..T-1
-        use_future = torch.rand(B, generator=gen, device=dev) < HILP_FUTURE_PROB  # [B], one mask for both
+        use_future = torch.rand(B, generator=gen, device=dev) < goals.future_prob  # [B], one mask for both
         goal_episode = torch.where(use_future, episode, random_episode)  # [B]
         goal_row = torch.where(use_future, future_row, random_row)  # [B]
         rows = goal_row[:, None] + self._offsets_b[1:]  # [B, L_B], rows g-L_B+1 .. g
-        batch.hilp_goal_window = self._obs_windows(1, goal_episode, rows)
-        batch.hilp_goal_action_window = self._gather(
+        batch.sampled_goal_window = self._obs_windows(1, goal_episode, rows)
+        batch.sampled_goal_action_window = self._gather(
             self._action, self._action_index(goal_episode, rows + 1, rows >= 0)
         )
-        batch.hilp_goal_is_current = ((goal_episode == episode) & (goal_row == current)).float()  # [B]
+        batch.sampled_goal_is_current = ((goal_episode == episode) & (goal_row == current)).float()  # [B]
 
     def sample_labelled(self, n: int, tasks: Sequence[str] | None = None) -> LabelledWindows:
         """Reward-labelled B-stream windows for zero-shot task inference.

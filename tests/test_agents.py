@@ -57,9 +57,9 @@ def synthetic_batch(n: int = 64, seed: int = 0) -> Batch:
         prev_action_window=torch.rand(n, L_F + 1, ACT, generator=g) * 2 - 1,
         goal_window=torch.randn(n, L_B + 1, GOAL, generator=g),
         goal_action_window=torch.rand(n, L_B + 1, ACT, generator=g) * 2 - 1,
-        hilp_goal_window=torch.randn(n, L_B, GOAL, generator=g),
-        hilp_goal_action_window=torch.rand(n, L_B, ACT, generator=g) * 2 - 1,
-        hilp_goal_is_current=(torch.rand(n, generator=g) < 0.2).float(),
+        sampled_goal_window=torch.randn(n, L_B, GOAL, generator=g),
+        sampled_goal_action_window=torch.rand(n, L_B, ACT, generator=g) * 2 - 1,
+        sampled_goal_is_current=(torch.rand(n, generator=g) < 0.2).float(),
     )
 
 

@@ -50,7 +50,10 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             ["fb_m", "walker", "rnd", "memory=lstm"],
             "Could not find 'memory/lstm'; accepted: gru, mlp, s4d, transformer",
         ),
-        (["fb_m", "walker", "rnd", "--history_length", "0"], "memory.history_length (--history_length) must be >= 1, got 0"),
+        (
+            ["fb_m", "walker", "rnd", "--history_length", "0"],
+            "memory.history_length (--history_length) must be >= 1, got 0",
+        ),
         (
             ["fb_m", "walker", "rnd", "--backward_history_length", "-1"],
             "memory.backward_history_length (--backward_history_length) must be >= 1, got -1",

@@ -13,12 +13,14 @@ from data import (
     make_synthetic_dataset,
     read_manifest,
 )
+from data.batch import BatchSpec, GoalSampling
 from data.exorl import reward_key, write_dataset
 from envs import DOMAINS, make_transform
 
 DOMAIN = "walker"
 INFO = DOMAINS[DOMAIN]
 T = 12  # transitions per episode: short, so padding is common
+HILP_SPEC = BatchSpec(goals=GoalSampling(future_prob=0.625, geometric_p=1 - 0.99))  # HILPConfig's defaults
 
 
 def encoded_dataset(path, episodes: int, length: int = T, episode_offset: int = 0):
@@ -108,12 +110,12 @@ def test_every_pairing_and_padding(encoded, pad_with_zeros, lengths):
 def test_hilp_goals(encoded):
     L_B = 3
     buffer = SequenceBuffer(encoded, DOMAIN, None, 4, L_B, seed=2)
-    batch = buffer.sample(4096, hilp=True)
+    batch = buffer.sample(4096, HILP_SPEC)
     episode, s = decode(batch.obs_window[:, -1])
-    goal_ep, goal_row = decode(batch.hilp_goal_window[:, -1])
+    goal_ep, goal_row = decode(batch.sampled_goal_window[:, -1])
     rows = goal_row[:, None] - L_B + 1 + np.arange(L_B)
-    check_obs(batch.hilp_goal_window, goal_ep, rows, zeros=False)
-    check_actions(batch.hilp_goal_action_window, goal_ep, rows + 1, rows >= 0)  # same mask: same episode
+    check_obs(batch.sampled_goal_window, goal_ep, rows, zeros=False)
+    check_actions(batch.sampled_goal_action_window, goal_ep, rows + 1, rows >= 0)  # same mask: same episode
     assert goal_row.min() >= 0 and goal_row.max() <= T - 1
     same = goal_ep == episode
     future = same & (goal_row >= s)
@@ -121,7 +123,7 @@ def test_hilp_goals(encoded):
     assert abs(future.mean() - (0.625 + 0.375 / 40 * 0.5)) < 0.04
     assert abs((~same).mean() - 0.375 * 39 / 40) < 0.04
     is_current = same & (goal_row == s - 1)
-    assert (batch.hilp_goal_is_current.numpy() == is_current).all()
+    assert (batch.sampled_goal_is_current.numpy() == is_current).all()
     # Geometric offset with p = 0.01 is clipped to the episode's last usable row T-1 almost always here.
     assert (goal_row[future] == T - 1).mean() > 0.8
 
@@ -166,9 +168,11 @@ def test_seeded_and_no_global_rng(encoded):
     first = SequenceBuffer(encoded, DOMAIN, None, 4, 2, seed=5)
     second = SequenceBuffer(encoded, DOMAIN, None, 4, 2, seed=5)
     state = torch.random.get_rng_state()
-    x, y = first.sample(64, hilp=True), second.sample(64, hilp=True)
+    x, y = first.sample(64, HILP_SPEC), second.sample(64, HILP_SPEC)
     assert torch.equal(state, torch.random.get_rng_state())
-    assert torch.equal(x.obs_window, y.obs_window) and torch.equal(x.hilp_goal_window, y.hilp_goal_window)
+    assert torch.equal(x.obs_window, y.obs_window) and torch.equal(
+        x.sampled_goal_window, y.sampled_goal_window
+    )
     saved = first.state_dict()
     a = first.sample(64)
     first.load_state_dict(saved)
@@ -201,8 +205,8 @@ def test_pomdp_streams_frozen_and_resampled(encoded):
     assert same_row_same_value(frozen) == 1.0
     resampled = SequenceBuffer(encoded, DOMAIN, None, 4, 2, occluded, noise, seed=0, resample_per_batch=True)
     assert (resampled.obs_dim, resampled.goal_dim) == (15, INFO.obs_dim)
-    batch = resampled.sample(256, hilp=True)
-    assert batch.obs_window.shape[-1] == 15 and batch.hilp_goal_window.shape[-1] == INFO.obs_dim
+    batch = resampled.sample(256, HILP_SPEC)
+    assert batch.obs_window.shape[-1] == 15 and batch.sampled_goal_window.shape[-1] == INFO.obs_dim
     assert same_row_same_value(resampled) == 0.0
     # Occlusion keeps indices 0..14 exactly, so the F-stream still decodes.
     episode, s = decode(batch.obs_window[:, -1])

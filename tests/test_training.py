@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.batch import LabelledWindows
+from data.batch import BatchSpec, LabelledWindows
 from training import checkpoint as agent_checkpoint
 from training.checkpoint import latest_checkpoint
 from training.config import RunConfig
@@ -65,6 +65,7 @@ class FakeAgent:
         self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.nan_at, self.sigint_at = nan_at, sigint_at
         self.device = torch.device("cpu")
+        self.batch_spec = BatchSpec()  # windows only
 
     def infer_z(self, goal: torch.Tensor, goal_action: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
         return reward.mean(0)[:, None].expand(-1, D)  # reward [N, K] -> z [K, d]

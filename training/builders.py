@@ -125,7 +125,7 @@ def agent_config(cfg: RunConfig) -> Any:
     """
     import agents
 
-    config_cls = agents.FBConfig if cfg.agent.name.startswith("fb") else agents.HILPConfig
+    config_cls = agents.AGENTS[cfg.agent.name][1]
     names = {f.name for f in dataclasses.fields(config_cls)}
     values = {key: value for key, value in _memory_fields(cfg).items() if key in names}
     values.update({k: v for k, v in domain_defaults(cfg).items() if k in names})
@@ -184,9 +184,7 @@ def domain_defaults(cfg: RunConfig) -> dict[str, Any]:
 
     HILP: ``gamma_phi`` 0.96 on walker; the scalar successor-feature loss (psi . z) on quadruped.
     """
-    if not cfg.agent.name.startswith("hilp"):
-        return {}
-    domain = cfg.env.domain.split("_")[0]
+    domain = cfg.env.domain.split("_")[0]  # fields an algorithm lacks are dropped by agent_config
     return {"walker": {"gamma_phi": 0.96}, "quadruped": {"sf_loss": "scalar"}}.get(domain, {})
 
 

@@ -295,7 +295,10 @@ def validate_names(cfg: RunConfig) -> None:
             f"{cfg.agent.name} is memory-free; use {cfg.agent.name}_m for memory in F/pi or B "
             "(--recurrent_F / --recurrent_B)",
         ),
-        (cfg.memory.history_length >= 1, f"memory.history_length (--history_length) must be >= 1, got {cfg.memory.history_length}"),
+        (
+            cfg.memory.history_length >= 1,
+            f"memory.history_length (--history_length) must be >= 1, got {cfg.memory.history_length}",
+        ),
         (
             cfg.memory.backward_history_length >= 1,
             f"memory.backward_history_length (--backward_history_length) must be >= 1, got {cfg.memory.backward_history_length}",

@@ -43,7 +43,7 @@ class Trainer:
     Args:
         cfg: run config.
         agent: agent with ``update(batch, step) -> dict[str, Tensor]``.
-        buffer: SequenceBuffer with ``sample(batch_size, hilp=...)``.
+        buffer: SequenceBuffer with ``sample(batch_size, spec)`` (spec: ``agent.batch_spec``).
         evaluator: zero-shot evaluator.
         logger: metric logger writing into the run directory.
         provenance: dataset description stored in results.json.
@@ -65,7 +65,6 @@ class Trainer:
         self.logger = logger
         self.provenance = provenance or {}
         self.run_dir = Path(cfg.run_dir)
-        self.hilp = cfg.agent.name.startswith("hilp")
         self._stop_signal: int | None = None
         self._last_checkpoint: tuple[int, Path] | None = None
         self._tick: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last train.csv row
@@ -107,7 +106,7 @@ class Trainer:
         return 0
 
     def _update(self, step: int) -> None:
-        batch = self.buffer.sample(self.cfg.train.batch_size, hilp=self.hilp)
+        batch = self.buffer.sample(self.cfg.train.batch_size, self.agent.batch_spec)
         metrics = self.agent.update(batch, step)
         self.logger.accumulate(metrics)
 
