@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from agents.rnd import RND_PRESETS, rnd_config
-from data.collect import COLLECT_ALGOS, collect
+from collection import COLLECT_ALGOS, RND_PRESETS, collect, rnd_config
 from data.download import EXORL_ALGOS, EXORL_BASE_URL, DownloadError, archive_url, download, extract_archive
 from data.exorl import (
     EPISODE_SELECTIONS,

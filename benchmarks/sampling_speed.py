@@ -80,7 +80,7 @@ def bench_sampling(path: Path, args: argparse.Namespace) -> None:
 
 
 def bench_reformat(folder: Path, episodes: int) -> None:
-    from data.collect import collect
+    from collection.collect import collect
     from data.reformat import reformat
 
     raw = folder / "walker" / "rnd" / "buffer"

@@ -1,4 +1,5 @@
-"""ExORL data: on-disk formats, download, local collection, reformatting and the sequence buffer.
+"""ExORL data: on-disk formats, download, reformatting and the sequence buffer (local collection:
+``collection/``).
 
 See docs/CONTRACTS.md for the API and ``data/batch.py`` for the exact window pairings.
 """
@@ -18,7 +19,6 @@ from data.exorl import (
     verify_dataset,
     write_episode,
 )
-from data.synthetic import make_synthetic_dataset
 
 __all__ = [
     "DATASET_FILE",
@@ -31,7 +31,6 @@ __all__ = [
     "buffer_dir",
     "dataset_path",
     "list_episode_files",
-    "make_synthetic_dataset",
     "read_episode",
     "read_manifest",
     "verify_dataset",

@@ -28,7 +28,7 @@ from data.progress import progress
 
 logger = logging.getLogger(__name__)
 
-COLLECTION_FILE = "collection.json"  # settings of a local collection, written by data/collect.py
+COLLECTION_FILE = "collection.json"  # settings of a local collection, written by collection/collect.py
 DOWNLOAD_FILE = "download.json"  # where the raw episodes were downloaded from, written by the CLI
 
 

@@ -42,7 +42,7 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (random-action) walker dataset: 4 episodes x 60 steps."""
-    from data import make_synthetic_dataset
+    from collection import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)

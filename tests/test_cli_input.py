@@ -14,7 +14,7 @@ from training.config import run_config_from_dict
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data import make_synthetic_dataset
+    from collection import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     make_synthetic_dataset(root, "walker", "rnd", episodes=2, episode_length=20, seed=0)

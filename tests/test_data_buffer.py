@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from collection import make_synthetic_dataset
 from data import (
     DatasetError,
     DatasetNotFoundError,
     SequenceBuffer,
     dataset_path,
-    make_synthetic_dataset,
     read_manifest,
 )
 from data.batch import BatchSpec, GoalSampling

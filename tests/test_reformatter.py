@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import exorl_reformatter
-from agents.rnd import RND_PRESETS, RNDConfig, rnd_config
+from collection import RND_PRESETS, RNDConfig, rnd_config
+from collection.collect import collect
 from data import DatasetError, SequenceBuffer, dataset_path, list_episode_files, read_episode, read_manifest
-from data.collect import collect
 from data.download import DownloadError, download, extract_archive
 from data.exorl import buffer_dir, select_episodes, verify_dataset, write_episode
 from data.reformat import reformat
@@ -108,7 +108,7 @@ def test_select_episodes():
 
 def test_reformat_relabels_every_task_with_a_reward(tmp_path):
     """Quadruped walk and run are not paper evaluation tasks but have rewards: they are relabelled too."""
-    from data import make_synthetic_dataset
+    from collection import make_synthetic_dataset
     from envs import relabel
 
     out = make_synthetic_dataset(tmp_path, "quadruped", "rnd", episodes=1, episode_length=10, seed=0)

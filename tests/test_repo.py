@@ -58,3 +58,24 @@ def test_every_agent_field_set_from_another_group_names_its_key() -> None:
     from training import builders
 
     assert set(builders.RUN_KEYS) == set(builders.MEMORY_FIELD_NAMES)
+
+
+# Which of the repository's packages each package may import (no arrow runs back).
+LAYERS = {
+    "envs": set(),
+    "memory": set(),
+    "data": {"envs"},
+    "agents": {"data", "memory"},
+    "collection": {"data", "envs"},
+    "training": {"agents", "data", "envs", "memory"},
+}
+
+
+def test_packages_import_only_the_layers_below() -> None:
+    pattern = re.compile(r"^\s*(?:from|import) (" + "|".join(LAYERS) + r")\b", re.MULTILINE)
+    wrong = []
+    for package, allowed in LAYERS.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            used = set(pattern.findall(path.read_text())) - {package}
+            wrong += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(used - allowed)]
+    assert not wrong, wrong

@@ -205,7 +205,8 @@ def test_resume_on_another_device_type_reseeds_generators(
     """A checkpoint from a GPU run (16-byte CUDA generator states) resumes on the CPU: weights and
     optimizers restored, torch generators reseeded deterministically, a warning logged."""
     from agents import make_agent
-    from data import SequenceBuffer, make_synthetic_dataset
+    from collection import make_synthetic_dataset
+    from data import SequenceBuffer
     from training.checkpoint import load_checkpoint, save_checkpoint
 
     path = make_synthetic_dataset(tmp_path / "data", "walker", episodes=2, episode_length=20, seed=0)

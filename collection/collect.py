@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from collection.rnd import RNDAgent, RNDConfig
 from data.exorl import DatasetError, list_episode_files, parse_episode_name, write_episode
 from data.progress import progress
 from data.reformat import COLLECTION_FILE
@@ -149,12 +150,12 @@ def collect(
         folder: the ``buffer`` folder, normally ``buffer_dir(data_dir, domain, algo, multiplier)``.
         domain: walker, cheetah or quadruped; the collection task is ``DOMAINS[domain].collection_task``
             (it only fills the raw reward column).
-        algo: ``random`` (uniform actions) or ``rnd`` (URLB RND explorer, ``agents.rnd``).
+        algo: ``random`` (uniform actions) or ``rnd`` (URLB RND explorer, ``collection.rnd``).
         steps: total environment steps (transitions) wanted; episodes already present count.
         seed: collection seed (environment initial states, actions, agent).
         multiplier: mass and damping multiplier of the environment.
         episode_length: transitions per episode (1000 for ExORL; smaller for tests).
-        rnd_config: ``agents.rnd.RNDConfig`` for ``rnd`` (default URLB settings).
+        rnd_config: ``collection.rnd.RNDConfig`` for ``rnd`` (default URLB settings).
         device: torch device of the RND agent.
 
     Returns:
@@ -181,8 +182,6 @@ def collect(
         "device": str(device),
     }
     if algo == "rnd":
-        from agents.rnd import RNDConfig
-
         settings["rnd"] = asdict(rnd_config or RNDConfig())
     existing = list_episode_files(folder)
     _check_resume(folder, settings, existing)
@@ -211,7 +210,6 @@ def collect(
 def _collect_rnd(
     folder: Path, existing: list[Path], done: int, total: int, settings: dict, physics, device: str
 ):
-    from agents.rnd import RNDAgent, RNDConfig
     from data.exorl import read_episode
     from envs import DOMAINS, episode_seed, make_env
 

@@ -1,6 +1,6 @@
 """URLB's RND explorer for state observations: DDPG driven only by the RND intrinsic reward.
 
-Used by local dataset collection (``data/collect.py``); it never touches files or environments.
+Used by local dataset collection (``collection/collect.py``); it never touches files or environments.
 Networks, losses and defaults follow URLB (``agent/ddpg.py``, ``agent/rnd.py``):
 
 - actor: obs -> H -> LayerNorm -> tanh -> H -> ReLU -> act -> tanh = mu; acting samples

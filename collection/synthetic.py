@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from data.collect import collect
+from collection.collect import collect
 from data.exorl import DatasetError, buffer_dir, dataset_path, read_manifest
 from data.reformat import reformat
 
