@@ -32,24 +32,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.networks import (
-    AgentBase,
-    FeatureCentring,
-    InferenceMixin,
-    RepresentationConfig,
-    build_actor,
-    build_backward,
-    build_forward,
-    check_settings,
+from agents.base import AgentBase, InferenceMixin, inference
+from agents.config import RepresentationConfig, check_settings
+from agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
+from agents.optim import (
     configure_device,
-    inference,
     last_rows,
     make_adam,
     make_target,
     maybe_compile,
     optimizer_step,
     polyak_update,
-    project_to_sphere,
 )
 from data.batch import Batch, BatchSpec, GoalSampling
 

@@ -9,7 +9,7 @@ import torch
 
 from agents import FBConfig, HILPConfig, make_agent
 from agents.fb import fb_measure_loss, ortho_loss
-from agents.networks import offdiag_mean
+from agents.optim import offdiag_mean
 from data.batch import Batch
 from memory import REGISTRY
 from training.checkpoint import load_agent, restore_agent, save_agent

@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 
 from agents import make_agent
 from agents.fb import fb_measure_loss
-from agents.networks import optimizer_step, polyak_update
+from agents.optim import optimizer_step, polyak_update
 from data.batch import Batch
 
 SIDE = 5
