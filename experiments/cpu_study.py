@@ -215,6 +215,15 @@ def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def run_seconds(job: Job, runs: Path, ledger: Ledger) -> float:
+    """The run's time as the driver measured it, else (a run the driver did not see end, e.g.
+    started by an earlier driver that was stopped) from its config.yaml to its results.json."""
+    if job.key() in ledger.seconds:
+        return ledger.seconds[job.key()]
+    run_dir = job.run_dir(runs)
+    return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
+
+
 def study_span_s(done: list[Job], runs: Path) -> float:
     """Seconds from the first run's start (its config.yaml) to the last run's end (its results.json)."""
     starts = [job.run_dir(runs).joinpath("config.yaml").stat().st_mtime for job in done]
@@ -238,7 +247,7 @@ def summary(
         f"{args.episodes} locally collected episodes (`--explorer cpu`).",
         f"Wall time from the first run's start to the last run's end: {study_span_s(done, Path(args.runs)) / 60:.1f} min "
         f"({args.jobs} runs at a time; this invocation {wall_s / 60:.1f} min); summed run time "
-        f"{sum(ledger.seconds.get(job.key(), 0.0) for job in done) / 60:.1f} min.",
+        f"{sum(run_seconds(job, Path(args.runs), ledger) for job in done) / 60:.1f} min.",
         "",
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
         "CI); in brackets after 'paper' the paper's figure for walker.",
