@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import sys
 import types
@@ -25,7 +26,19 @@ import typing
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-from training.config import (  # stdlib-only module: --help stays fast
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# torch, dm_control, the agents and the training loop are imported inside the functions that use
+# them: together they take 2-3 s to import, and --help and bad-flag errors should answer at once.
+from training import config as tc
+from training.config import (  # stdlib-only module
     ALGORITHMS,
     MEMORY_TYPES,
     POMDP_VARIANTS,
@@ -238,11 +251,8 @@ def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
 
 def register_configs() -> None:
     """Registers the structured schemas (training.config dataclasses, agents' configs) and resolvers."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
     import agents
-    from training import config as tc
 
     if not OmegaConf.has_resolver("memory_label"):
         OmegaConf.register_new_resolver("memory_label", _memory_label)
@@ -298,18 +308,27 @@ def _schema_type(hint: Any) -> Any:
     return Any
 
 
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a ``-m`` command: the cartesian product of every sweep override's values, in
+    the order hydra's basic sweeper launches them (the first override varies slowest).
+
+    Uses hydra's public override parser (``Override.sweep_string_iterator``).
+    """
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
 def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
     """Composes the resolved config of every job the command would launch."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
-    job_overrides = [overrides]
-    if multirun:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        job_overrides = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    job_overrides = expand_sweep(overrides) if multirun else [overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="main_exorl"):
@@ -391,7 +410,6 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def _task(hydra_cfg: Any) -> dict[str, Any]:
     """Hydra job entry point: plain dataclasses from here on."""
-    from omegaconf import OmegaConf
 
     from training.trainer import NonFiniteLossError
 
@@ -420,8 +438,6 @@ def cli(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, multirun = translate(argv)
     register_configs()
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         seen: dict[str, int] = {}
@@ -436,10 +452,16 @@ def cli(argv: list[str] | None = None) -> None:
         _fail(str(error), EXIT_BAD_INPUT)
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
         _fail(_one_line(error), EXIT_BAD_INPUT)
-    import hydra
 
-    sys.argv = [sys.argv[0], *overrides, *(["--multirun"] if multirun else [])]
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+    # hydra.main reads its overrides from sys.argv: hydra has no public API that hands a list of
+    # overrides to its launchers (joblib, submitit), so the translated command line goes there
+    # for the call and the original comes back after it.
+    original = sys.argv
+    sys.argv = [original[0], *overrides, *(["--multirun"] if multirun else [])]
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+    finally:
+        sys.argv = original
 
 
 def _one_line(error: BaseException) -> str:

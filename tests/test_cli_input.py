@@ -324,3 +324,13 @@ def test_cpu_preset_builds_every_algorithm(agent: str) -> None:
     assert config.memory_settings["gru"] == {"token_dim": 64}  # the per-token MLP as wide as the GRU
     if agent.startswith("fb"):
         assert config.lr_b is None  # the FB optimizer uses lr_f for B
+
+
+def test_sweep_expansion_is_the_cartesian_product_in_launch_order() -> None:
+    jobs = main_exorl.expand_sweep(["agent=fb_m,hilp_m", "env.domain=walker", "seed=range(2)", "+x=[a,b]"])
+    assert jobs == [
+        ["agent=fb_m", "env.domain=walker", "seed=0", "+x=[a,b]"],
+        ["agent=fb_m", "env.domain=walker", "seed=1", "+x=[a,b]"],
+        ["agent=hilp_m", "env.domain=walker", "seed=0", "+x=[a,b]"],
+        ["agent=hilp_m", "env.domain=walker", "seed=1", "+x=[a,b]"],
+    ]
