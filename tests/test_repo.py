@@ -13,11 +13,19 @@ def source_files() -> list[Path]:
     return [p for p in ROOT.rglob("*.py") if not SKIP.intersection(p.relative_to(ROOT).parts)]
 
 
-def test_docstrings_cite_only_files_in_the_repository() -> None:
-    outside = re.compile(r"DESIGN\.md|official-code-reading|BASELINES\.md|shared/")
+def doc_files() -> list[Path]:
+    """Code, configs, scripts and docs of the repository."""
+    found = [*source_files(), ROOT / "README.md", ROOT / "Makefile"]
+    for pattern in ("configs/**/*.yaml", "docs/**/*.md", "experiments/*.sh", "scripts/*"):
+        found += [p for p in ROOT.glob(pattern) if p.is_file()]
+    return found
+
+
+def test_docs_cite_only_files_in_the_repository() -> None:
+    outside = re.compile(r"DESIGN\.md|official-code-reading|BASELINES|shared/")
     hits = [
         f"{path.relative_to(ROOT)}:{n}"
-        for path in source_files()
+        for path in doc_files()
         if path != Path(__file__).resolve()
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if outside.search(line)
