@@ -90,6 +90,11 @@ FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+def _flag_help(flag: str) -> str:
+    """A flag's help: the documentation and default of the config field it sets."""
+    return tc.field_help(FLAG_OVERRIDES[flag][0]).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The paper-style command line (the official code's flags); defaults live in configs/."""
     p = argparse.ArgumentParser(
@@ -111,16 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--history_length",
         type=int,
-        help=f"L_F, context of F and pi (default {MemorySettings.history_length})",
+        help=_flag_help("history_length"),
     )
     p.add_argument(
         "--backward_history_length",
         type=int,
-        help=f"L_B, context of B (default {MemorySettings.backward_history_length})",
+        help=_flag_help("backward_history_length"),
     )
-    p.add_argument(
-        "--model_dimension", type=int, help="memory model width (default 512 gru/mlp, 32 transformer/s4d)"
-    )
+    p.add_argument("--model_dimension", type=int, help=_flag_help("model_dimension"))
     p.add_argument(
         "--recurrent_F", action=argparse.BooleanOptionalAction, default=None, help="memory in F and pi"
     )
@@ -130,33 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval_tasks",
         dest="eval_tasks",
         nargs="+",
-        help="tasks to evaluate (default: all of the domain)",
+        help=_flag_help("eval_tasks"),
     )
-    p.add_argument("--flickering_prob", type=float, help="default 0.2")
-    p.add_argument("--noise_std", type=float, help="observation noise standard deviation, default 0.2")
-    p.add_argument("--missing_sensor_prob", type=float, help="default 0.2")
-    p.add_argument(
-        "--train_multipliers", type=float, nargs="+", help="mass/damping multipliers of the training datasets"
-    )
-    p.add_argument(
-        "--eval_multipliers", type=float, nargs="+", help="mass/damping multipliers of the evaluation envs"
-    )
-    p.add_argument("--learning_steps", type=int, help="gradient steps (default 1,000,000)")
-    p.add_argument("--batch_size", type=int, help="default 512")
-    p.add_argument("--episodes", type=int, help="episodes loaded from the dataset (default 5000)")
+    for name in ("flickering_prob", "noise_std", "missing_sensor_prob"):
+        p.add_argument(f"--{name}", type=float, help=_flag_help(name))
+    p.add_argument("--train_multipliers", type=float, nargs="+", help=_flag_help("train_multipliers"))
+    p.add_argument("--eval_multipliers", type=float, nargs="+", help=_flag_help("eval_multipliers"))
+    for name in ("learning_steps", "batch_size", "episodes"):
+        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
     p.add_argument(
         "--episode_selection",
-        help="which --episodes: spread (default, evenly over the whole collection) or first (by index)",
+        help=_flag_help("episode_selection"),
     )
-    p.add_argument("--eval_frequency", type=int, help="evaluate at step 0 and every N steps (default 20,000)")
-    p.add_argument("--eval_rollouts", type=int, help="episodes per task per evaluation (default 10)")
-    p.add_argument(
-        "--z_inference_steps", type=int, help="labelled samples for task inference (default 10,000)"
-    )
-    p.add_argument("--rollout_memory", help="sliding (default) or carry")
-    p.add_argument("--seed", type=int, help="default 42")
+    for name in ("eval_frequency", "eval_rollouts", "z_inference_steps"):
+        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
+    p.add_argument("--rollout_memory", help=_flag_help("rollout_memory"))
+    p.add_argument("--seed", type=int, help=_flag_help("seed"))
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--data_dir", help="dataset root (default datasets)")
+    p.add_argument("--data_dir", help=_flag_help("data_dir"))
     p.add_argument(
         "--run_dir", help="run directory (default runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>)"
     )

@@ -334,3 +334,18 @@ def test_sweep_expansion_is_the_cartesian_product_in_launch_order() -> None:
         ["agent=hilp_m", "env.domain=walker", "seed=0", "+x=[a,b]"],
         ["agent=hilp_m", "env.domain=walker", "seed=1", "+x=[a,b]"],
     ]
+
+
+def test_flag_help_is_the_config_field_documentation_and_default() -> None:
+    from training.config import EnvSettings, TrainSettings, field_docs
+
+    actions = {a.dest: a.help for a in main_exorl.build_parser()._actions}
+    assert (
+        actions["batch_size"]
+        == f"{field_docs(TrainSettings)['batch_size']} (default {TrainSettings.batch_size})"
+    )
+    assert actions["episodes"].endswith(f"(default {EnvSettings.episodes})")
+    assert (
+        actions["data_dir"]
+        == f"root of <domain>/<dataset>/buffer/dataset.npz (default {EnvSettings.data_dir})"
+    )

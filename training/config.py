@@ -14,6 +14,8 @@ optional).
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -365,3 +367,38 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[st
         return any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
 
     return sorted(k for k in set(a) | set(b) if not resumable(k) and a.get(k) != b.get(k))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation from the ``Attributes:`` section of a dataclass docstring, as one line."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    if not any(line.strip() == "Attributes:" for line in lines):
+        return docs
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:") + 1
+    names: list[str] = []
+    for line in lines[start:]:
+        match = re.match(r"^ {8}(\w+(?:, \w+)*): (.*)$", line)
+        if match:
+            names = match.group(1).split(", ")
+            docs.update({name: match.group(2).strip() for name in names})
+        elif names and line.startswith(" " * 12):
+            docs.update({name: docs[name] + " " + line.strip() for name in names})
+        elif line.strip():
+            break
+    return {name: re.sub(r"(?<!\.)\.$", "", text.replace("``", "")) for name, text in docs.items()}
+
+
+def field_help(key: str) -> str:
+    """``"<documentation> (default <value>)"`` of a dotted RunConfig key such as ``train.batch_size``."""
+    cls: Any = RunConfig
+    *groups, name = key.split(".")
+    for group in groups:
+        cls = typing.get_type_hints(cls)[group]
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    doc = field_docs(cls)[name]
+    if default is None or default == [] or "default" in doc:
+        return doc  # the documentation says what an empty value means, or names the default
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{doc} (default {shown})"
