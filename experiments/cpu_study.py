@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry_run", action="store_true", help="print the commands and exit")
     p.add_argument(
+        "--report_only",
+        action="store_true",
+        help="write the report from the runs finished so far, run nothing (e.g. while another driver runs)",
+    )
+    p.add_argument(
         "--overrides", nargs="*", default=[], help="extra hydra overrides for every run (key=value)"
     )
     return p
@@ -271,6 +276,25 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
+def run_study(jobs: list[Job], dataset: Path, args: argparse.Namespace, ledger: Ledger) -> list[str] | None:
+    """Makes the dataset if missing, then runs every unfinished job; returns the failed ones
+    (None when the dataset could not be made)."""
+    if not dataset.exists():
+        say(f"collecting the dataset: {shlex.join(dataset_command(args))}")
+        env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
+        if subprocess.run(dataset_command(args), cwd=ROOT, env=env).returncode != 0:
+            sys.stderr.write("cpu_study.py: error: the dataset collection failed (its output is above)\n")
+            return None
+    todo = [job for job in jobs if not finished(job, args)]
+    say(
+        f"{len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run, {args.jobs} at a time"
+    )
+    with ThreadPoolExecutor(args.jobs) as pool:
+        ok = list(pool.map(lambda job: run_job(job, args, ledger), todo))
+    failed = [job.key() for job, good in zip(todo, ok, strict=True) if not good]
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -288,20 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             print(("# done: " if finished(job, args) else "") + shlex.join(train_command(job, args)))
         return 0
     start = time.perf_counter()
-    if not dataset.exists():
-        say(f"collecting the dataset: {shlex.join(dataset_command(args))}")
-        env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
-        if subprocess.run(dataset_command(args), cwd=ROOT, env=env).returncode != 0:
-            sys.stderr.write("cpu_study.py: error: the dataset collection failed (its output is above)\n")
-            return 1
-    todo = [job for job in jobs if not finished(job, args)]
-    say(
-        f"{len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run, {args.jobs} at a time"
-    )
     ledger = Ledger(Path(args.runs) / STATE_FILE)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        ok = list(pool.map(lambda job: run_job(job, args, ledger), todo))
-    failed = [job.key() for job, good in zip(todo, ok, strict=True) if not good]
+    failed = [] if args.report_only else run_study(jobs, dataset, args, ledger)
+    if failed is None:
+        return 1
     # Only this study's runs at this budget (the runs root may hold others, e.g. a shorter budget).
     done = [job for job in jobs if finished(job, args)]
     done_dirs = {job.run_dir(Path(args.runs)).resolve() for job in done}
@@ -314,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         plot_results.plot_curves(rows, out / "learning_curves.png")
         plot_results.plot_bars(rows, out / "iqm_bars.png")
         text = summary(rows, args, done, time.perf_counter() - start, ledger, command)
+        missing = [job.key() for job in jobs if job not in done]
+        if missing:
+            text += f"\nNot finished yet (left out above): {', '.join(missing)}.\n"
         (out / "summary.md").write_text(text)
         print(text)
         say(f"report written to {out}")

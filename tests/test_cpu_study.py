@@ -63,6 +63,15 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     seconds = json.loads((runs / "study.json").read_text())["run_seconds"]
     assert len(seconds) == 6 and all(s > 0 for s in seconds.values())
 
+    # --report_only runs nothing and names the runs the report leaves out.
+    partial = run_driver(
+        *common, "--seeds", "7", "8", "--report_only", f"--report_dir={tmp_path / 'partial'}"
+    )
+    assert partial.returncode == 0 and "] start  " not in partial.stdout
+    text = (tmp_path / "partial" / "summary.md").read_text()
+    assert "Runs: 6 (" in text and "Not finished yet (left out above): fb_m/walker/seed8," in text
+    assert not (runs / "fb" / "walker" / "rnd" / "none" / "seed8").exists()
+
     # A rerun skips every finished run; a larger budget continues the runs from their checkpoints.
     again = run_driver(*common)
     assert again.returncode == 0 and "6 finished already, 0 to run" in again.stdout
