@@ -255,7 +255,7 @@ def summary(
         f"{sum(run_seconds(job, Path(args.runs), ledger) for job in done) / 60:.1f} min.",
         "",
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
-        "CI); in brackets after 'paper' the paper's figure for walker.",
+        'CI); "paper" is the paper\'s figure for walker (Jeen et al., 2025).',
         "",
         "| POMDP | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
