@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import warnings
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,21 +255,36 @@ def _pyplot() -> Any:
     return plt
 
 
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _method_color(method: str) -> str:
+    """One colour per method in every panel (matplotlib's default cycle, in METHOD_ORDER)."""
+    rank = (
+        _method_rank(method)[0]
+        if method in METHOD_ORDER
+        else len(METHOD_ORDER) + zlib.crc32(method.encode()) % 5
+    )
+    return f"C{rank % 10}"
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     """Learning curves: mean-over-tasks IQM against gradient steps, mean over seeds (min-max band)."""
     plt = _pyplot()
     domains = sorted({r["domain"] for r in rows})
-    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.6), squeeze=False, sharey=True)
     for ax, domain in zip(axes[0], domains, strict=True):
-        for r in (r for r in rows if r["domain"] == domain):
+        for r in sorted((r for r in rows if r["domain"] == domain), key=lambda r: _method_rank(r["method"])):
+            color = _method_color(r["method"])
             steps = sorted({s for run in r["runs"] for s, _ in run.curve})
             values = np.array(
                 [[dict(run.curve).get(s, np.nan) for s in steps] for run in r["runs"]]
             )  # [runs, steps]
             mean = np.nanmean(values, 0)
-            ax.plot(steps, mean, marker="o", ms=3, label=f"{r['method']} (n={r['seeds']})")
+            ax.plot(steps, mean, marker="o", ms=3, color=color, label=f"{r['method']} (n={r['seeds']})")
             if len(r["runs"]) > 1:
-                ax.fill_between(steps, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.2)
+                ax.fill_between(steps, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.2)
         ax.set_title(domain)
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("mean task IQM (return)")
