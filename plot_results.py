@@ -296,16 +296,27 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
-    """Bar chart of each group's aggregate IQM with its 95 % CI."""
+    """Bar charts of each group's aggregate IQM with its 95 % CI: raw returns of the groups without
+    a fully observed reference on the left, percent of the fully observed score on the right."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.8))
-    labels = [f"{r['method']}\n{r['domain']}" for r in rows]
-    points = np.array([r["iqm"] for r in rows])
-    errors = np.array([[r["iqm"] - r["ci"][0] for r in rows], [r["ci"][1] - r["iqm"] for r in rows]])
-    ax.bar(range(len(rows)), points, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("IQM (% of fully observed where available)")
-    ax.grid(axis="y", alpha=0.3)
+    panels = [
+        (kind, [r for r in rows if r["normalised"] == normalised])
+        for kind, normalised in (("IQM return (0-1000)", False), ("IQM, % of the fully observed score", True))
+    ]
+    panels = [(kind, group) for kind, group in panels if group]
+    widths = [max(2.5, 1.1 * len(group)) for _, group in panels]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(sum(widths) + 1, 3.8), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
+    for ax, (kind, group) in zip(axes[0], panels, strict=True):
+        group = sorted(group, key=lambda r: (r["domain"], _method_rank(r["method"])))
+        points = np.array([r["iqm"] for r in group])
+        errors = np.array([[r["iqm"] - r["ci"][0] for r in group], [r["ci"][1] - r["iqm"] for r in group]])
+        colors = [_method_color(r["method"]) for r in group]
+        ax.bar(range(len(group)), points, yerr=errors, capsize=4, color=colors, alpha=0.85)
+        ax.set_xticks(range(len(group)), [f"{r['method']}\n{r['domain']}" for r in group], fontsize=7)
+        ax.set_ylabel(kind)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
