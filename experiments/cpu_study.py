@@ -236,6 +236,28 @@ def study_span_s(done: list[Job], runs: Path) -> float:
     return max(ends) - min(starts)
 
 
+def absolute_returns(rows: list[dict], reps: int) -> list[str]:
+    """Per task, each method and domain's final return: IQM over seeds [95 % CI], and the seeds' values."""
+    tasks = list(rows[0]["runs"][0].scores("final"))
+    lines = [
+        "Final returns per task (IQM over seeds [95 % stratified-bootstrap CI]; each seed's value after it):",
+        "",
+        "| method | domain | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for r in sorted(
+        rows, key=lambda r: (DOMAINS.index(r["domain"]), plot_results.METHOD_ORDER.index(r["method"]))
+    ):
+        matrix, _ = plot_results.score_matrix(r["runs"], "final", None)  # [seeds, tasks], returns
+        cells = []
+        for j in range(len(tasks)):
+            point, lo, hi = plot_results.stratified_bootstrap_ci(matrix[:, [j]], reps)
+            seeds = "/".join(f"{v:.0f}" for v in matrix[:, j])
+            cells.append(f"{point:.0f} [{lo:.0f}, {hi:.0f}] ({seeds})")
+        lines.append(f"| {r['method']} | {r['domain']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary(
     rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, ledger: Ledger, command: str
 ) -> str:
@@ -272,7 +294,11 @@ def summary(
     if any(full):
         cells = [plot_results._cell(r["iqm"], r["ci"], False) if r else "-" for r in full]
         lines.append("| fully observed (return, 0-1000) | " + " | ".join(cells) + " |")
-    lines += ["", "Per-task tables: `report.md`; figures: `learning_curves.png`, `iqm_bars.png`."]
+    lines += ["", *absolute_returns(rows, args.reps)]
+    lines += [
+        "",
+        "Per-task tables in percent: `report.md`; figures: `learning_curves.png`, `iqm_bars.png`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -58,6 +58,8 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     assert flickering.count("%") == 2 * 3  # ours and the paper's, for each of the three methods
     assert "(paper 12 %)" in flickering and "(paper 81 %)" in flickering
     assert "Runs: 6 (" in text
+    returns = [line for line in text.splitlines() if line.startswith("| FB-M | walker_flickering |")]
+    assert len(returns) == 1 and returns[0].count("[") == 4  # a cell per walker task
     for name in ("report.md", "learning_curves.png", "iqm_bars.png"):
         assert (report / name).stat().st_size > 0
     seconds = json.loads((runs / "study.json").read_text())["run_seconds"]
@@ -69,7 +71,11 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     )
     assert partial.returncode == 0 and "] start  " not in partial.stdout
     text = (tmp_path / "partial" / "summary.md").read_text()
-    assert "Runs: 6 (" in text and "Not finished yet (left out above): fb_m/walker/seed8," in text
+    assert "Runs: 6 (" in text
+    returns = [line for line in text.splitlines() if line.startswith("| FB-M | walker_flickering |")]
+    assert (
+        len(returns) == 1 and returns[0].count("[") == 4
+    )  # a cell per walker task and "Not finished yet (left out above): fb_m/walker/seed8," in text
     assert not (runs / "fb" / "walker" / "rnd" / "none" / "seed8").exists()
 
     # A rerun skips every finished run; a larger budget continues the runs from their checkpoints.
