@@ -209,10 +209,7 @@ def _cell(point: float, ci: tuple[float, float], percent: bool) -> str:
 
 def markdown(rows: list[dict[str, Any]], which: str) -> str:
     """The paper-shaped table (rows POMDP x domain, columns methods) and per-task tables."""
-    methods = sorted(
-        {r["method"] for r in rows},
-        key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m),
-    )
+    methods = sorted({r["method"] for r in rows}, key=_method_rank)
     lines = [
         f"# Results ({which} evaluation)",
         "",
