@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main_exorl.py",
         description=__doc__.split("\n\n")[0],
         allow_abbrev=False,
-        epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr=3e-4 experiment=smoke -m seed=0,1,2.",
+        epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr_f=3e-4 experiment=smoke -m seed=0,1,2.",
     )
     p.add_argument("algorithm", help=f"{', '.join(ALGORITHMS)} (fb and hilp are memory-free)")
     p.add_argument(
