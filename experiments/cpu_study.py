@@ -47,7 +47,7 @@ METHODS: dict[str, tuple[str, str | None]] = {
     "hilp": ("hilp", None),
 }
 DOMAINS = ("walker", "walker_flickering", "walker_noise")
-# The default leaves walker_noise out: with it the study takes about 125 minutes on 2 cores, not
+# The default leaves walker_noise out: with it the study took 117 minutes on 2 cores, not
 # the 100 it is sized for (README, "Reproducing the paper"); ``--domains`` with all three adds it.
 DEFAULT_DOMAINS = ("walker", "walker_flickering")
 
