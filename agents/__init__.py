@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from agents.config import SettingError
 from agents.fb import FBAgent, FBConfig, FBModel
 from agents.hilp import HILPAgent, HILPConfig, HILPModel
 
@@ -80,6 +81,7 @@ __all__ = [
     "HILPAgent",
     "HILPConfig",
     "HILPModel",
+    "SettingError",
     "make_agent",
     "make_config",
 ]

@@ -112,6 +112,14 @@ class RepresentationConfig:
         return override or self.memory_type
 
 
+class SettingError(ValueError):
+    """A config field out of range: ``field`` names it, the message reads ``"<field> must be ..."``."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
 def check_settings(
     config: Any,
     *,
@@ -128,7 +136,7 @@ def check_settings(
     [0, 1); ``fraction``: in [0, 1]; ``non_negative``: >= 0.
 
     Raises:
-        ValueError: ``"<field> must be ..., got <value>"`` for the first field out of range.
+        SettingError: ``"<field> must be ..., got <value>"`` for the first field out of range.
     """
     rules = [
         (at_least_1, lambda v: v >= 1, ">= 1"),
@@ -144,6 +152,6 @@ def check_settings(
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number {wanted}, got {value!r}")
+                raise SettingError(name, f"{name} must be a number {wanted}, got {value!r}")
             if not ok(value):
-                raise ValueError(f"{name} must be {wanted}, got {value!r}")
+                raise SettingError(name, f"{name} must be {wanted}, got {value!r}")

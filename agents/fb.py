@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from agents.base import AgentBase, InferenceMixin, inference
-from agents.config import RepresentationConfig, check_settings
+from agents.config import RepresentationConfig, SettingError, check_settings
 from agents.networks import build_actor, build_backward, build_forward, project_to_sphere
 from agents.optim import (
     configure_device,
@@ -66,7 +66,9 @@ class FBConfig(RepresentationConfig):
         super().__post_init__()
         check_settings(self, positive=("lr_b",), non_negative=("ortho_coef",))
         if self.z_mix_goal not in ("next", "current"):
-            raise ValueError(f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}")
+            raise SettingError(
+                "z_mix_goal", f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}"
+            )
 
     def batch_spec(self) -> BatchSpec:
         """FB needs the windows every batch has, nothing more."""

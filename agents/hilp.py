@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from agents.base import AgentBase, InferenceMixin, inference
-from agents.config import RepresentationConfig, check_settings
+from agents.config import RepresentationConfig, SettingError, check_settings
 from agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
 from agents.optim import (
     configure_device,
@@ -89,7 +89,7 @@ class HILPConfig(RepresentationConfig):
             fraction=("expectile", "goal_future_prob"),
         )
         if self.sf_loss not in ("vector", "scalar"):
-            raise ValueError(f"sf_loss must be 'vector' or 'scalar', got {self.sf_loss!r}")
+            raise SettingError("sf_loss", f"sf_loss must be 'vector' or 'scalar', got {self.sf_loss!r}")
 
     def batch_spec(self) -> BatchSpec:
         """Batches with goals for the phi loss (future / random states, see the fields)."""

@@ -140,11 +140,9 @@ def agent_config(cfg: RunConfig) -> Any:
     )
     try:
         return config_cls(**values)
-    except ValueError as error:  # a range check of the agents' config: "<field> must be ..., got ..."
-        field_name = str(error).split(" ", 1)[0]
-        raise ConfigError(
-            f"{RUN_KEYS.get(field_name, 'agent.' + field_name)}{str(error)[len(field_name) :]}"
-        ) from error
+    except agents.SettingError as error:  # "<field> must be ..., got ...": name the key the user sets
+        key = RUN_KEYS.get(error.field, "agent." + error.field)
+        raise ConfigError(key + str(error).removeprefix(error.field)) from error
 
 
 def _memory_fields(cfg: RunConfig) -> dict[str, Any]:

@@ -14,6 +14,7 @@ optional).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -369,13 +370,12 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     return sorted(k for k in set(a) | set(b) if not resumable(k) and a.get(k) != b.get(k))
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's documentation from the ``Attributes:`` section of a dataclass docstring, as one line."""
     docs: dict[str, str] = {}
     lines = (cls.__doc__ or "").splitlines()
-    if not any(line.strip() == "Attributes:" for line in lines):
-        return docs
-    start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:") + 1
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), len(lines))
     names: list[str] = []
     for line in lines[start:]:
         match = re.match(r"^ {8}(\w+(?:, \w+)*): (.*)$", line)

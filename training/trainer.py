@@ -65,6 +65,7 @@ class Trainer:
         self.logger = logger
         self.provenance = provenance or {}
         self.run_dir = Path(cfg.run_dir)
+        self.batch_spec = agent.batch_spec  # what the algorithm's batches hold; fixed for the run
         self._stop_signal: int | None = None
         self._last_checkpoint: tuple[int, Path] | None = None
         self._tick: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last train.csv row
@@ -106,7 +107,7 @@ class Trainer:
         return 0
 
     def _update(self, step: int) -> None:
-        batch = self.buffer.sample(self.cfg.train.batch_size, self.agent.batch_spec)
+        batch = self.buffer.sample(self.cfg.train.batch_size, self.batch_spec)
         metrics = self.agent.update(batch, step)
         self.logger.accumulate(metrics)
 
