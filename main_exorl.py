@@ -17,6 +17,7 @@ plain dataclasses (``training.config.RunConfig``).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import logging
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
@@ -35,24 +37,17 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# torch, dm_control, the agents and the training loop are imported inside the functions that use
-# them: together they take 2-3 s to import, and --help and bad-flag errors should answer at once.
+import agents
+import envs
+from agents import MEMORY_TYPES
+from training import builders, run_dir
 from training import config as tc
-from training.config import (  # stdlib-only module
-    ALGORITHMS,
-    MEMORY_TYPES,
-    POMDP_VARIANTS,
-    AgentSettings,
-    ConfigError,
-    MemorySettings,
-    RunConfig,
-    memory_label,
-    run_config_from_dict,
-)
+from training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
+from training.logger import MetricLogger
+from training.trainer import NonFiniteLossError, Trainer, seed_everything
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-# envs.DOMAINS' names (not imported here: dm_control takes a second to load; tests/test_repo.py keeps them equal).
-DOMAIN_NAMES: tuple[str, ...] = ("walker", "cheetah", "quadruped")
+DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -63,9 +58,9 @@ log = logging.getLogger("main_exorl")
 # logger (the logger group: wandb when the flag is on, csv when off).
 FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
     "memory_type": ("memory", "group"),
-    "history_length": ("memory.history_length", "value"),
-    "backward_history_length": ("memory.backward_history_length", "value"),
-    "model_dimension": ("memory.model_dimension", "value"),
+    "history_length": ("agent.memory.history_length", "value"),
+    "backward_history_length": ("agent.memory.backward_history_length", "value"),
+    "model_dimension": ("agent.memory.model_dimension", "value"),
     "recurrent_F": ("agent.recurrent_F", "value"),
     "recurrent_B": ("agent.recurrent_B", "value"),
     "eval_tasks": ("env.eval_tasks", "list"),
@@ -111,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="ExORL exploration algorithm of the dataset (rnd, random, proto, ...)")
     p.add_argument(
         "--memory_type",
-        help=f"{', '.join(MEMORY_TYPES)} (default {MemorySettings.name}; mlp: frame stacking)",
+        help=f"{', '.join(MEMORY_TYPES)} (default {agents.MemoryConfig.name}; mlp: frame stacking)",
     )
     p.add_argument(
         "--history_length",
@@ -203,6 +198,7 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
                 EXIT_BAD_INPUT,
             )
     flags = [a for a in argv if a not in hydra_args]
+    hydra_args = [_expand_alias(a) for a in hydra_args]
     parser = build_parser()
     args = parser.parse_args(flags)
     _check_choices(args)
@@ -226,6 +222,23 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
     return overrides + hydra_args, args.multirun
 
 
+def _expand_alias(override: str) -> str:
+    """``memory.<field>=...`` is short for ``agent.memory.<field>=...`` (the memory settings live in
+    the agent config; the ``memory`` config group fills them)."""
+    key = override.lstrip("+~")
+    if key.startswith("memory."):
+        return override[: len(override) - len(key)] + "agent." + key
+    return override
+
+
+def _with_flag(message: str) -> str:
+    """Names the paper-style flag after a config key that starts a message
+    (``agent.memory.history_length (--history_length) must be ...``)."""
+    key = message.split(" ", 1)[0]
+    flag = next((f for f, (k, kind) in FLAG_OVERRIDES.items() if k == key and kind == "value"), None)
+    return message.replace(key, f"{key} (--{flag})", 1) if flag else message
+
+
 def _check_choices(args: argparse.Namespace) -> None:
     """Rejects unknown algorithm and memory names at once (comma lists allowed with -m)."""
     for what, value, accepted in (
@@ -244,58 +257,57 @@ def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
 
 
 def register_configs() -> None:
-    """Registers the structured schemas (training.config dataclasses, agents' configs) and resolvers."""
-
-    import agents
-
+    """Registers the structured schemas (training.config dataclasses, the agents' configs) and resolvers."""
     if not OmegaConf.has_resolver("memory_label"):
         OmegaConf.register_new_resolver("memory_label", _memory_label)
     cs = ConfigStore.instance()
-    cs.store(group="memory", name="base_memory", node=tc.MemorySettings)
     cs.store(group="env", name="base_env", node=tc.EnvSettings)
     cs.store(group="train", name="base_train", node=tc.TrainSettings)
     cs.store(group="logger", name="base_logger", node=tc.LoggerSettings)
     for name, config_cls in (("base_fb", agents.FBConfig), ("base_hilp", agents.HILPConfig)):
-        cs.store(group="agent", name=name, node=_agent_schema(config_cls))
+        cs.store(group="agent", name=name, node=_schema(config_cls))
 
 
-def _agent_schema(config_cls: type) -> Any:
-    """AgentSettings (name, recurrent flags) plus every tunable field of the agents' config class.
+def _schema(config_cls: type) -> Any:
+    """The hydra schema of a config dataclass: the same fields and defaults, nested dataclasses as
+    nested schemas, each type one OmegaConf can check (``_schema_type``).
 
-    Fields the run config sets from other groups (memory type, widths, context lengths, seed)
-    are left out, so each setting has one place on the command line.
+    The agents' domain-dependent fields (``tc.DOMAIN_DEPENDENT_FIELDS``) default to None here:
+    ``tc.agent_from_dict`` fills in the domain's value unless the user set one.
     """
-    from training import builders
-
-    own = [(f.name, f.default) for f in dataclasses.fields(AgentSettings) if f.name != "overrides"]
-    skip = {name for name, _ in own} | set(builders.MEMORY_FIELD_NAMES)
     hints = typing.get_type_hints(config_cls)
-    extra = []
+    fields = []
     for f in dataclasses.fields(config_cls):
-        if f.name in skip or not f.init:
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = _schema(hints[f.name])
+            fields.append((f.name, nested, dataclasses.field(default_factory=nested)))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, tuple):
             default = list(default)
         kind = _schema_type(hints[f.name])
-        if f.name in builders.DOMAIN_DEPENDENT_FIELDS:
-            default = None  # filled per domain by builders.domain_defaults unless set
+        if f.name in tc.DOMAIN_DEPENDENT_FIELDS:
+            default = None
             kind = Optional[kind] if kind is not Any else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
-        extra.append((f.name, kind, dataclasses.field(default_factory=lambda d=default: d)))
-    own_hints = typing.get_type_hints(AgentSettings)
-    fields = [(n, own_hints[n], dataclasses.field(default=d)) for n, d in own]
-    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields + extra)
+        fields.append((f.name, kind, dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d))))
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields)
 
 
 def _schema_type(hint: Any) -> Any:
-    """The OmegaConf type of an agent-config field: int, float, bool, str, Optional of one of
-    them, a dict, else Any (checked by the config's own ``__post_init__``). Floats accept ints."""
+    """The OmegaConf type of a config field: int, float, bool, str (``Literal`` choices: str,
+    checked by the config's own ``__post_init__``), Optional of one of them, a dict, else Any.
+    Floats accept ints."""
     plain = (int, float, bool, str)
+    if typing.get_origin(hint) is typing.Literal:
+        return str
     if hint in plain:
         return hint
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
+        inner = _schema_type(inner)
         return Optional[inner] if inner in plain else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
     if typing.get_origin(hint) is dict:
         return dict[str, Any]
@@ -344,28 +356,18 @@ def check_job(values: dict[str, Any]) -> RunConfig:
     Raises:
         training.config.ConfigError
     """
-    from training import builders, config, run_dir
-
-    cfg = config.run_config_from_dict(values)
-    config.validate_names(cfg)
+    cfg = tc.run_config_from_dict(values)
+    tc.validate_names(cfg)
     setup = builders.make_env(cfg)
     builders.dataset_paths(cfg, setup.domain)
-    builders.agent_config(cfg)
     run_dir.check_run_dir(cfg)
     return cfg
 
 
 def main(cfg: RunConfig) -> dict[str, Any]:
     """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
-    import torch
-
-    from training import builders
-    from training.logger import MetricLogger
-    from training.run_dir import check_run_dir, prepare_run_dir
-    from training.trainer import Trainer, seed_everything
-
-    resume_from = check_run_dir(cfg)
-    run_dir = prepare_run_dir(cfg)
+    resume_from = run_dir.check_run_dir(cfg)
+    directory = run_dir.prepare_run_dir(cfg)
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -373,12 +375,12 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     setup = builders.make_env(cfg)
     buffer = builders.make_buffer(cfg, setup, device)
     agent = builders.make_agent(cfg, buffer, device)
-    logger = MetricLogger(run_dir, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
+    logger = MetricLogger(directory, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
     evaluator = builders.make_evaluator(cfg, setup, buffer, device)
     trainer = Trainer(
         cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, setup, buffer)
     )
-    log.info("run %s on %s (resume from %s)", run_dir, device, resume_from)
+    log.info("run %s on %s (resume from %s)", directory, device, resume_from)
     results = trainer.run(resume_from)
     print(format_summary(results))
     return results
@@ -404,14 +406,11 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def _task(hydra_cfg: Any) -> dict[str, Any]:
     """Hydra job entry point: plain dataclasses from here on."""
-
-    from training.trainer import NonFiniteLossError
-
     try:
-        cfg = run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
+        cfg = tc.run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
         return main(cfg)
     except ConfigError as error:
-        _fail(str(error), EXIT_BAD_INPUT)
+        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
     except NonFiniteLossError as error:
         _fail(str(error), 1)
     except KeyboardInterrupt as error:
@@ -443,7 +442,7 @@ def cli(argv: list[str] | None = None) -> None:
                 )
             seen[cfg.run_dir] = index
     except ConfigError as error:
-        _fail(str(error), EXIT_BAD_INPUT)
+        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
         _fail(_one_line(error), EXIT_BAD_INPUT)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from agents.config import SettingError
+from agents.config import MEMORY_TYPES, MemoryConfig, SettingError, from_dict
 from agents.fb import FBAgent, FBConfig, FBModel
 from agents.hilp import HILPAgent, HILPConfig, HILPModel
 
@@ -29,24 +29,25 @@ AGENTS: dict[str, tuple[type, type]] = {
 def make_config(name: str, config: Any = None) -> FBConfig | HILPConfig:
     """The config dataclass of algorithm ``name`` from None (defaults), a dict or a dataclass.
 
-    Memory-free names force ``recurrent_F = recurrent_B = False``. Unknown dict keys raise.
+    A dict nests the memory settings (``{"memory": {"name": "gru"}}``). ``name`` is set on the
+    config; memory-free names force ``recurrent_F = recurrent_B = False``.
+
+    Raises:
+        ValueError: an unknown algorithm, and (``SettingError``) an unknown or out-of-range field.
     """
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
     cls = AGENTS[name][1]
     if config is None:
-        config = cls()
+        config = cls(name=name)
     elif isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; accepted: {sorted(known)}")
-        config = cls(**config)
+        config = from_dict(cls, {**config, "name": name})
     elif not isinstance(config, cls):
         raise TypeError(
             f"{name} needs a {cls.__name__} (or a dict of its fields), got {type(config).__name__}"
         )
-    if not name.endswith("_m"):
+    config = dataclasses.replace(config, name=name)
+    if config.memory_free:
         config = dataclasses.replace(config, recurrent_F=False, recurrent_B=False)
     return config
 
@@ -58,6 +59,7 @@ def make_agent(
     action_dim: int,
     config: Any = None,
     device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> FBAgent | HILPAgent:
     """Builds an agent.
 
@@ -68,9 +70,10 @@ def make_agent(
         action_dim: action width.
         config: ``FBConfig`` / ``HILPConfig``, a dict of their fields, or None for the defaults.
         device: training device.
+        seed: seed of the agent's own generator (z sampling, action noise, permutations).
     """
     config = make_config(name, config)
-    return AGENTS[name][0](obs_dim, goal_dim, action_dim, config, device=device, name=name)
+    return AGENTS[name][0](obs_dim, goal_dim, action_dim, config, device=device, seed=seed)
 
 
 __all__ = [
@@ -81,6 +84,8 @@ __all__ = [
     "HILPAgent",
     "HILPConfig",
     "HILPModel",
+    "MEMORY_TYPES",
+    "MemoryConfig",
     "SettingError",
     "make_agent",
     "make_config",

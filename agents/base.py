@@ -26,6 +26,7 @@ class AgentBase:
     """
 
     name: str
+    seed: int
     config: RepresentationConfig
     model: nn.Module
     device: torch.device
@@ -37,7 +38,7 @@ class AgentBase:
 
     def _setup_generator(self) -> None:
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(self.config.seed)
+        self.generator.manual_seed(self.seed)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)

@@ -1,9 +1,63 @@
-"""The settings FB and HILP share (``RepresentationConfig``) and the range checks of config fields."""
+"""The settings FB and HILP share (``RepresentationConfig``, its ``MemoryConfig``), building them from
+plain dicts, and the range and choice checks of config fields."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+MemoryName = Literal["gru", "transformer", "s4d", "mlp"]
+MEMORY_TYPES: tuple[str, ...] = typing.get_args(MemoryName)
+# Each memory model's default ``model_dimension`` (the paper's; tests keep it equal to the models').
+DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
+
+
+@dataclass
+class MemoryConfig:
+    """The memory models of F / psi, the policy and B / phi (each position owns its weights).
+
+    Attributes:
+        name: memory model of every memory position: gru, transformer, s4d or mlp (frame stacking).
+        name_F: memory model of F / psi instead of ``name`` (None: ``name``).
+        name_B: memory model of B / phi instead of ``name`` (None: ``name``).
+        name_actor: memory model of the policy instead of ``name`` (None: ``name``).
+        model_dimension: the models' size knob: GRU hidden size, transformer d_model, S4d state
+            size, MLP hidden width; None: the model's default (512, 32, 32 and 512, the paper's).
+        history_length: L_F, the window of F / psi and the policy (>= 1; 1 without recurrent_F).
+        backward_history_length: L_B, the window of B / phi (>= 1; 1 without recurrent_B).
+        settings: memory name -> extra keyword settings of that model (``token_dim``, layers,
+            heads, ...; a ``model_dimension`` there wins for that model). Empty for the paper's.
+    """
+
+    name: MemoryName = "gru"
+    name_F: MemoryName | None = None
+    name_B: MemoryName | None = None
+    name_actor: MemoryName | None = None
+    model_dimension: int | None = None
+    history_length: int = 32
+    backward_history_length: int = 8
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_settings(self, at_least_1=("model_dimension", "history_length", "backward_history_length"))
+        unknown = sorted(set(self.settings) - set(MEMORY_TYPES))
+        if unknown:
+            raise SettingError(
+                "settings",
+                f"settings names unknown memory model(s) {', '.join(unknown)}; accepted: {', '.join(MEMORY_TYPES)}",
+            )
+
+    def of(self, position: str) -> str:
+        """The memory model of ``position`` in {"F", "B", "actor"}."""
+        override = {"F": self.name_F, "B": self.name_B, "actor": self.name_actor}[position]
+        return override or self.name
+
+    def resolved_model_dimension(self) -> int:
+        """The size knob of the ``name`` model (fills in its default)."""
+        return self.model_dimension or DEFAULT_MODEL_DIMENSION[self.name]
 
 
 @dataclass
@@ -11,19 +65,11 @@ class RepresentationConfig:
     """Settings shared by FB and HILP (defaults: the paper's; README, "Algorithms").
 
     Attributes:
+        name: the algorithm: fb or fb_m (``FBConfig``), hilp or hilp_m (``HILPConfig``).
         z_dim: d, the task-embedding width (50).
         hidden_dim: preprocessor and memory-summary width (512).
         head_hidden_dim: hidden width of the F / psi heads and the actor trunk (1024).
-        memory_type: memory model of every memory position: gru, transformer, s4d or mlp.
-        memory_type_F: override for F / psi (None: ``memory_type``).
-        memory_type_B: override for B / phi (None: ``memory_type``).
-        memory_type_actor: override for the policy (None: ``memory_type``).
-        model_dimension: the memory models' size knob (None: each model's default: 512 for GRU
-            and MLP, 32 for transformer and S4d).
-        memory_settings: memory name -> extra keyword settings for ``make_memory`` (layers,
-            heads, ``token_dim``, ...). Empty for the paper models.
-        history_length: L_F, the F / pi window (32).
-        backward_history_length: L_B, the B / phi window (8).
+        memory: the memory models and their windows (``MemoryConfig``).
         recurrent_F: memory in F / psi and in the policy (``fb_m`` / ``hilp_m``); forced off by
             the memory-free names ``fb`` / ``hilp``.
         recurrent_B: memory in B / phi; forced off by ``fb`` / ``hilp``.
@@ -38,7 +84,6 @@ class RepresentationConfig:
         actor_std: training action-noise std (0.2).
         actor_clip: training action-noise clip (0.3).
         grad_clamp: element-wise gradient clamp [-c, c] before every Adam step (1.0; None: off).
-        batch_size: training batch size (512); the buffer samples it, kept here for the record.
         inference_chunk: windows per forward pass in task inference (10,000 bounds memory).
         compile: ``torch.compile`` the loss computations of ``update`` (off by default; on a 2-core
             CPU it is slower than eager at every size measured, see README "Performance").
@@ -50,20 +95,13 @@ class RepresentationConfig:
             the agent is built on a CUDA device; off, no effect on the CPU).
         fused_adam: fused Adam kernels (one kernel for all parameters; CPU and CUDA), with the
             same update rule as the default implementation.
-        seed: seed of the agent's own generator (z sampling, action noise, permutations).
     """
 
+    name: str = ""
     z_dim: int = 50
     hidden_dim: int = 512
     head_hidden_dim: int = 1024
-    memory_type: str = "gru"
-    memory_type_F: str | None = None
-    memory_type_B: str | None = None
-    memory_type_actor: str | None = None
-    model_dimension: int | None = None
-    memory_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    history_length: int = 32
-    backward_history_length: int = 8
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     recurrent_F: bool = True
     recurrent_B: bool = True
     memory_B_output_relu: bool = True
@@ -75,28 +113,18 @@ class RepresentationConfig:
     actor_std: float = 0.2
     actor_clip: float = 0.3
     grad_clamp: float | None = 1.0
-    batch_size: int = 512
     inference_chunk: int = 10_000
     compile: bool = False
     compile_mode: str | None = None
     bf16: bool = False
     tf32: bool = False
     fused_adam: bool = True
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choices(self)
         check_settings(
             self,
-            at_least_1=(
-                "z_dim",
-                "hidden_dim",
-                "head_hidden_dim",
-                "model_dimension",
-                "history_length",
-                "backward_history_length",
-                "batch_size",
-                "inference_chunk",
-            ),
+            at_least_1=("z_dim", "hidden_dim", "head_hidden_dim", "inference_chunk"),
             positive=("lr_f", "lr_actor", "grad_clamp"),
             unit=("tau",),
             discount=("gamma",),
@@ -104,12 +132,24 @@ class RepresentationConfig:
             non_negative=("actor_std", "actor_clip"),
         )
 
+    @property
+    def memory_free(self) -> bool:
+        """The names ``fb`` / ``hilp``: no memory anywhere."""
+        return not self.name.endswith("_m")
+
+    @property
+    def history_length(self) -> int:
+        """L_F as the networks and the buffer see it (1 without memory in F / psi and pi)."""
+        return self.memory.history_length if self.recurrent_F else 1
+
+    @property
+    def backward_history_length(self) -> int:
+        """L_B as the networks and the buffer see it (1 without memory in B / phi)."""
+        return self.memory.backward_history_length if self.recurrent_B else 1
+
     def memory_of(self, position: str) -> str:
         """The memory type of ``position`` in {"F", "B", "actor"}."""
-        override = {"F": self.memory_type_F, "B": self.memory_type_B, "actor": self.memory_type_actor}[
-            position
-        ]
-        return override or self.memory_type
+        return self.memory.of(position)
 
 
 class SettingError(ValueError):
@@ -155,3 +195,80 @@ def check_settings(
                 raise SettingError(name, f"{name} must be a number {wanted}, got {value!r}")
             if not ok(value):
                 raise SettingError(name, f"{name} must be {wanted}, got {value!r}")
+
+
+def check_choices(config: Any) -> None:
+    """Checks every field typed ``Literal[...]`` (or ``Literal[...] | None``) against its choices.
+
+    Raises:
+        SettingError: ``"<field> must be one of a, b, c, got <value>"``.
+    """
+    for name, hint in typing.get_type_hints(type(config)).items():
+        choices = _literal_choices(hint)
+        value = getattr(config, name)
+        if choices and value not in choices:
+            if value is None and type(None) in typing.get_args(hint):
+                continue
+            raise SettingError(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    """The choices of ``Literal[...]`` or ``Literal[...] | None``, else ()."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return ()
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Builds dataclass ``cls`` from a nested dict: dataclass-typed fields from their own dicts.
+
+    Raises:
+        SettingError: an unknown key, or a value out of range, with ``field`` the dotted key
+            below ``cls`` (``memory.history_length``).
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise SettingError(unknown[0], f"{unknown[0]} is not a setting; accepted: {', '.join(sorted(names))}")
+    kwargs = dict(values)
+    for name, value in values.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            try:
+                kwargs[name] = from_dict(hints[name], value)
+            except SettingError as error:
+                raise SettingError(f"{name}.{error.field}", f"{name}.{error}") from None
+    return cls(**kwargs)
+
+
+# Flat agent fields of configs saved before the memory settings moved into ``MemoryConfig``.
+_FLAT_MEMORY_FIELDS = {
+    "memory_type": "name",
+    "memory_type_F": "name_F",
+    "memory_type_B": "name_B",
+    "memory_type_actor": "name_actor",
+    "model_dimension": "model_dimension",
+    "history_length": "history_length",
+    "backward_history_length": "backward_history_length",
+    "memory_settings": "settings",
+}
+
+
+def upgrade_flat(values: dict[str, Any]) -> dict[str, Any]:
+    """An agent config dict in the current layout, from one saved in the earlier flat layout
+    (``memory_type``, ``history_length``, ... beside the other fields; ``batch_size`` and ``seed``
+    kept for the record). A dict in the current layout comes back unchanged."""
+    if not any(key in values for key in (*_FLAT_MEMORY_FIELDS, "batch_size", "seed")):
+        return values
+    values = dict(values)
+    memory = dict(values.get("memory") or {})
+    for old, new in _FLAT_MEMORY_FIELDS.items():
+        if old in values:
+            memory[new] = values.pop(old)
+    values.pop("batch_size", None)
+    values.pop("seed", None)
+    values["memory"] = memory
+    return values

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from agents.base import AgentBase, InferenceMixin, inference
-from agents.config import RepresentationConfig, SettingError, check_settings
+from agents.config import RepresentationConfig, check_settings
 from agents.networks import build_actor, build_backward, build_forward, project_to_sphere
 from agents.optim import (
     configure_device,
@@ -58,17 +59,14 @@ class FBConfig(RepresentationConfig):
             "current" (g_t windows, one more online B pass, as in the reference code).
     """
 
+    name: Literal["fb", "fb_m"] = "fb_m"
     lr_b: float | None = None
     ortho_coef: float = 1.0
-    z_mix_goal: str = "next"
+    z_mix_goal: Literal["next", "current"] = "next"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_settings(self, positive=("lr_b",), non_negative=("ortho_coef",))
-        if self.z_mix_goal not in ("next", "current"):
-            raise SettingError(
-                "z_mix_goal", f"z_mix_goal must be 'next' or 'current', got {self.z_mix_goal!r}"
-            )
 
     def batch_spec(self) -> BatchSpec:
         """FB needs the windows every batch has, nothing more."""
@@ -180,7 +178,7 @@ class FBAgent(AgentBase):
         obs_dim, goal_dim, action_dim: widths.
         config: ``FBConfig``.
         device: training device.
-        name: the algorithm name (fb or fb_m), stored for checkpoints.
+        seed: seed of the agent's own generator (z sampling, action noise, permutations).
     """
 
     def __init__(
@@ -190,9 +188,10 @@ class FBAgent(AgentBase):
         action_dim: int,
         config: FBConfig,
         device: torch.device | str = "cpu",
-        name: str = "fb_m",
+        seed: int = 0,
     ) -> None:
-        self.name, self.config, self.device = name, config, torch.device(device)
+        self.config, self.device, self.seed = config, torch.device(device), seed
+        self.name = config.name  # the algorithm, stored for checkpoints
         self.obs_dim, self.goal_dim, self.action_dim = obs_dim, goal_dim, action_dim
         self.model = FBModel(obs_dim, goal_dim, action_dim, config).to(self.device)
         self.target_forward = make_target(self.model.forward_map)

@@ -28,12 +28,13 @@ Choices (and where they differ from the official code; README, "Choices and devi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from agents.base import AgentBase, InferenceMixin, inference
-from agents.config import RepresentationConfig, SettingError, check_settings
+from agents.config import RepresentationConfig, check_settings
 from agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
 from agents.optim import (
     configure_device,
@@ -69,13 +70,14 @@ class HILPConfig(RepresentationConfig):
             success probability 1 - 0.99).
     """
 
+    name: Literal["hilp", "hilp_m"] = "hilp_m"
     lr_phi: float = 5e-4
     gamma_phi: float = 0.98
     tau_phi: float = 0.005
     expectile: float = 0.5
     phi_sphere: bool = True
     feature_momentum: float = 0.005
-    sf_loss: str = "vector"
+    sf_loss: Literal["vector", "scalar"] = "vector"
     goal_future_prob: float = 0.625
     goal_discount: float = 0.99
 
@@ -88,8 +90,6 @@ class HILPConfig(RepresentationConfig):
             discount=("gamma_phi", "goal_discount"),
             fraction=("expectile", "goal_future_prob"),
         )
-        if self.sf_loss not in ("vector", "scalar"):
-            raise SettingError("sf_loss", f"sf_loss must be 'vector' or 'scalar', got {self.sf_loss!r}")
 
     def batch_spec(self) -> BatchSpec:
         """Batches with goals for the phi loss (future / random states, see the fields)."""
@@ -177,9 +177,10 @@ class HILPAgent(AgentBase):
         action_dim: int,
         config: HILPConfig,
         device: torch.device | str = "cpu",
-        name: str = "hilp_m",
+        seed: int = 0,
     ) -> None:
-        self.name, self.config, self.device = name, config, torch.device(device)
+        self.config, self.device, self.seed = config, torch.device(device), seed
+        self.name = config.name  # the algorithm, stored for checkpoints
         self.obs_dim, self.goal_dim, self.action_dim = obs_dim, goal_dim, action_dim
         self.model = HILPModel(obs_dim, goal_dim, action_dim, config).to(self.device)
         self.target_forward = make_target(self.model.forward_map)

@@ -383,9 +383,9 @@ def history_network_settings(config: RepresentationConfig, position: str) -> dic
     return {
         "recurrent": config.recurrent_F,
         "memory_type": config.memory_of(position),
-        "model_dimension": config.model_dimension,
+        "model_dimension": config.memory.model_dimension,
         "context_length": config.history_length,
-        "memory_settings": config.memory_settings,
+        "memory_settings": config.memory.settings,
         "hidden_dim": config.hidden_dim,
         "head_hidden_dim": config.head_hidden_dim,
     }
@@ -406,9 +406,9 @@ def build_backward(
         config.z_dim,
         recurrent=config.recurrent_B,
         memory_type=config.memory_of("B"),
-        model_dimension=config.model_dimension,
+        model_dimension=config.memory.model_dimension,
         context_length=config.backward_history_length,
-        memory_settings=config.memory_settings,
+        memory_settings=config.memory.settings,
         hidden_dim=config.hidden_dim,
         memory_output_relu=config.memory_B_output_relu,
         sphere=sphere,

@@ -46,25 +46,24 @@ class Preset:
     backward_history: int
     width: int | None
 
-    def agent_config(self, **overrides: Any) -> dict[str, Any]:
-        """Agent config dict (the paper defaults with this preset's sizes)."""
+    def agent_config(self, memory: str = "gru", **overrides: Any) -> dict[str, Any]:
+        """Agent config dict (the paper defaults with this preset's sizes and memory model)."""
         cfg: dict[str, Any] = {
-            "history_length": self.history,
-            "backward_history_length": self.backward_history,
-            "batch_size": self.batch,
+            "memory": {
+                "name": memory,
+                "history_length": self.history,
+                "backward_history_length": self.backward_history,
+            }
         }
         if self.width is not None:
             w = self.width
-            cfg.update(
-                hidden_dim=w,
-                head_hidden_dim=w,
-                memory_settings={
-                    "gru": {"token_dim": w, "model_dimension": w},
-                    "transformer": {"token_dim": w},
-                    "s4d": {"token_dim": w},
-                    "mlp": {"model_dimension": w},
-                },
-            )
+            cfg.update(hidden_dim=w, head_hidden_dim=w)
+            cfg["memory"]["settings"] = {
+                "gru": {"token_dim": w, "model_dimension": w},
+                "transformer": {"token_dim": w},
+                "s4d": {"token_dim": w},
+                "mlp": {"model_dimension": w},
+            }
         cfg.update(overrides)
         return cfg
 

@@ -56,9 +56,7 @@ def synthetic_batch(preset: Preset, device: torch.device | str, seed: int = 0) -
 def build(algo: str, memory: str, preset: Preset, mode: str, device: torch.device | str, **overrides: Any):
     """The agent of ``algo`` with ``memory`` at ``preset`` in ``mode`` (eager / compiled / bf16...)."""
     compile_, bf16 = MODES[mode]
-    cfg = preset.agent_config(
-        memory_type=memory if algo.endswith("_m") else "gru", compile=compile_, bf16=bf16
-    )
+    cfg = preset.agent_config(memory if algo.endswith("_m") else "gru", compile=compile_, bf16=bf16)
     cfg.update(overrides)
     return make_agent(algo, OBS, GOAL, ACT, cfg, device=device)
 

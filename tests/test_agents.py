@@ -30,21 +30,25 @@ SMALL = {
     "z_dim": D,
     "hidden_dim": 32,
     "head_hidden_dim": 32,
-    "history_length": L_F,
-    "backward_history_length": L_B,
     "lr_f": 1e-3,
     "lr_actor": 1e-3,
-    "memory_settings": {
-        "gru": {"token_dim": 16, "model_dimension": 16},
-        "transformer": {"token_dim": 16, "model_dimension": 16, "ffn_dim": 32},
-        "s4d": {"token_dim": 16, "model_dimension": 8},
-        "mlp": {"model_dimension": 16},
+    "memory": {
+        "history_length": L_F,
+        "backward_history_length": L_B,
+        "settings": {
+            "gru": {"token_dim": 16, "model_dimension": 16},
+            "transformer": {"token_dim": 16, "model_dimension": 16, "ffn_dim": 32},
+            "s4d": {"token_dim": 16, "model_dimension": 8},
+            "mlp": {"model_dimension": 16},
+        },
     },
 }
 
 
-def small_config(name: str, **overrides) -> dict:
+def small_config(name: str, memory: dict | None = None, **overrides) -> dict:
+    """SMALL with ``overrides`` of agent fields and ``memory`` of ``MemoryConfig`` fields."""
     config = dict(SMALL, **overrides)
+    config["memory"] = {**SMALL["memory"], **(memory or {})}
     if name.startswith("fb"):
         config.setdefault("lr_b", 1e-3)
     return config
@@ -84,7 +88,7 @@ def test_loss_falls_and_stays_finite(name: str, memory: str, rec_f: bool, rec_b:
     torch.manual_seed(0)
     overrides = {"recurrent_F": rec_f, "recurrent_B": rec_b}
     if memory != "none":
-        overrides["memory_type"] = memory
+        overrides["memory"] = {"name": memory}
     agent = make_agent(name, OBS, GOAL, ACT, small_config(name, **overrides))
     assert agent.model.forward_map.recurrent == rec_f and agent.model.actor.recurrent == rec_f
     batch = synthetic_batch()
@@ -171,7 +175,7 @@ def test_offdiag_mean_and_ortho_loss_match_naive() -> None:
 def test_actor_loss_prefix_encoding_matches_full_window(name: str, memory: str) -> None:
     """Encoding F's window prefix without gradients and stepping the last token gives the full-window gradient."""
     torch.manual_seed(0)
-    agent = make_agent(name, OBS, GOAL, ACT, small_config(name, memory_type=memory, recurrent_B=False))
+    agent = make_agent(name, OBS, GOAL, ACT, small_config(name, memory={"name": memory}, recurrent_B=False))
     agent.model.eval()  # no dropout, so both paths are deterministic
     batch = synthetic_batch(16)
     z = torch.nn.functional.normalize(torch.randn(16, D), dim=-1) * math.sqrt(D)
@@ -196,7 +200,7 @@ def test_actor_loss_prefix_encoding_matches_full_window(name: str, memory: str) 
 
 @pytest.mark.parametrize("memory", MEMORY_TYPES)
 def test_carry_mode_matches_window_mode(memory: str) -> None:
-    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory_type=memory))
+    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory={"name": memory}))
     obs, prev = torch.randn(3, L_F, OBS), torch.rand(3, L_F, ACT) * 2 - 1
     z = torch.randn(3, D)
     state = agent.initial_actor_state(3)
@@ -214,7 +218,7 @@ def test_make_agent_configs() -> None:
         OBS,
         GOAL,
         ACT,
-        small_config("hilp_m", memory_type="gru", memory_type_B="mlp", memory_type_actor="transformer"),
+        small_config("hilp_m", memory={"name": "gru", "name_B": "mlp", "name_actor": "transformer"}),
     )
     assert isinstance(mixed.config, HILPConfig) and mixed.model.phi_recurrent
     assert type(mixed.model.phi[0].net).__name__ == "MLPMemory"
@@ -222,13 +226,13 @@ def test_make_agent_configs() -> None:
     assert type(mixed.model.forward_map.history_encoder).__name__ == "GRUMemory"
     with pytest.raises(ValueError, match="unknown agent"):
         make_agent("sac", OBS, GOAL, ACT)
-    with pytest.raises(ValueError, match="unknown FBConfig fields"):
+    with pytest.raises(ValueError, match="nope is not a setting; accepted: "):
         make_agent("fb", OBS, GOAL, ACT, {"nope": 1})
 
 
 @pytest.mark.parametrize("name", ["fb_m", "hilp_m"])
 def test_save_load_gives_identical_actions_and_updates(name: str, tmp_path) -> None:
-    agent = make_agent(name, OBS, GOAL, ACT, small_config(name, memory_type="transformer"))
+    agent = make_agent(name, OBS, GOAL, ACT, small_config(name, memory={"name": "transformer"}))
     batch = synthetic_batch()
     for step in range(3):
         agent.update(batch, step)
@@ -249,7 +253,7 @@ def test_restore_agent_into_an_existing_agent(tmp_path) -> None:
     agent = make_agent("fb", OBS, GOAL, ACT, small_config("fb"))
     agent.update(synthetic_batch())
     save_agent(tmp_path / "ckpt", agent)
-    other = make_agent("fb", OBS, GOAL, ACT, small_config("fb", seed=5))
+    other = make_agent("fb", OBS, GOAL, ACT, small_config("fb"), seed=5)
     assert restore_agent(other, tmp_path / "ckpt") is other
     for a, b in zip(agent.model.parameters(), other.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -264,12 +268,13 @@ def test_frame_stacking_depth_follows_the_reference() -> None:
     def linears(module: torch.nn.Module) -> int:
         return sum(isinstance(m, torch.nn.Linear) for m in module.modules())
 
-    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory_type="mlp"))
+    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory={"name": "mlp"}))
     forward_encoder = agent.model.forward_map.history_encoder
     backward_encoder = agent.model.backward_map.net
     assert linears(forward_encoder) == linears(backward_encoder) + 1  # one extra hidden Linear in F
-    deeper = small_config("fb_m", memory_type="mlp")
-    deeper["memory_settings"] = {"mlp": {"model_dimension": 16, "num_layers": 2}}
+    deeper = small_config(
+        "fb_m", memory={"name": "mlp", "settings": {"mlp": {"model_dimension": 16, "num_layers": 2}}}
+    )
     agent = make_agent("fb_m", OBS, GOAL, ACT, deeper)
     assert linears(agent.model.backward_map.net) == linears(backward_encoder) + 1
 

@@ -117,7 +117,6 @@ def test_fb_zero_shot_control_on_grid() -> None:
         "lr_f": 1e-3,
         "lr_b": 1e-3,
         "lr_actor": 1e-3,
-        "seed": 0,
     }
     agent = make_agent("fb", STATES, STATES, 2, config)
     for step in range(2500):

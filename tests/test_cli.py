@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ALGORITHMS, MEMORY_TYPES  # equal to the registries (tests/test_repo.py)
+from agents import MEMORY_TYPES  # equal to the registries (tests/test_repo.py)
+from training.config import ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,13 +52,16 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ),
         (
             ["fb_m", "walker", "rnd", "--history_length", "0"],
-            "memory.history_length (--history_length) must be >= 1, got 0",
+            "agent.memory.history_length (--history_length) must be >= 1, got 0",
         ),
         (
             ["fb_m", "walker", "rnd", "--backward_history_length", "-1"],
-            "memory.backward_history_length (--backward_history_length) must be >= 1, got -1",
+            "agent.memory.backward_history_length (--backward_history_length) must be >= 1, got -1",
         ),
-        (["fb_m", "walker", "rnd", "--eval_rollouts", "0"], "train.eval_rollouts must be >= 1, got 0"),
+        (
+            ["fb_m", "walker", "rnd", "--eval_rollouts", "0"],
+            "train.eval_rollouts (--eval_rollouts) must be >= 1, got 0",
+        ),
         (
             [
                 "fb_m",
@@ -93,9 +96,12 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["fb_m", "walker", "rnd", "agent.lr_b=-1e-4"], "agent.lr_b must be > 0, got -0.0001"),
         (
             ["fb_m", "walker", "rnd", "agent.z_mix_goal=later"],
-            "agent.z_mix_goal must be 'next' or 'current', got 'later'",
+            "agent.z_mix_goal must be one of next, current, got 'later'",
         ),
-        (["fb_m", "walker", "rnd", "--model_dimension", "0"], "memory.model_dimension must be >= 1, got 0"),
+        (
+            ["fb_m", "walker", "rnd", "--model_dimension", "0"],
+            "agent.memory.model_dimension (--model_dimension) must be >= 1, got 0",
+        ),
         (
             ["hilp", "walker", "rnd", "agent.gamma_phi=abc"],
             "agent.gamma_phi=abc: Value 'abc' of type 'str' could not be converted to Float",
@@ -103,9 +109,26 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["hilp", "walker", "rnd", "agent.tau_phi=0"], "agent.tau_phi must be in (0, 1], got 0.0"),
         (
             ["hilp", "walker", "rnd", "agent.sf_loss=matrix"],
-            "agent.sf_loss must be 'vector' or 'scalar', got 'matrix'",
+            "agent.sf_loss must be one of vector, scalar, got 'matrix'",
         ),
         (["hilp_m", "walker", "rnd", "agent.lr_b=1e-4"], "Key 'lr_b' not in"),
+        (
+            ["fb_m", "walker", "rnd", "memory.history_length=abc"],
+            "agent.memory.history_length=abc: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "agent.memory.name_B=lstm"],
+            "agent.memory.name_B must be one of gru, transformer, s4d, mlp, got 'lstm'",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "+memory.settings.lstm.token_dim=8"],
+            "agent.memory.settings names unknown memory model(s) lstm; accepted: gru, transformer, s4d, mlp",
+        ),
+        (
+            ["hilp_m", "walker", "rnd", "agent.name=hilp_x"],
+            "unknown algorithm 'hilp_x'; accepted: fb, fb_m, hilp, hilp_m",
+        ),
+        (["fb_m", "walker", "rnd", "memory.bogus=1"], "Key 'bogus' not in"),
         (["fb", "walker", "rnd", "-m", "hydra.sweep.dir=out"], "set it with --run_dir DIR"),
         (["fb", "walker", "rnd", "--recurrent_F"], "fb is memory-free; use fb_m for memory in F/pi or B"),
         (["hilp", "walker", "rnd", "--recurrent_B"], "hilp is memory-free; use hilp_m"),
@@ -148,11 +171,11 @@ def test_incompatible_run_dir(data_dir: Path, tmp_path: Path, capsys: pytest.Cap
         False,
     )
     saved = run_config_from_dict(values).to_dict()
-    saved["memory"]["name"] = "transformer"
+    saved["agent"]["memory"]["name"] = "transformer"
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     line = fail(["fb_m", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}"], capsys)
     assert f"run directory {run_dir} holds a run with a different config" in line
-    assert "memory.name ('transformer' -> 'gru')" in line
+    assert "agent.memory.name ('transformer' -> 'gru')" in line
 
 
 def test_translate_paper_flags() -> None:
@@ -196,7 +219,7 @@ def test_memory_type_flag_sweeps_with_multirun() -> None:
     assert multirun and "memory=gru,s4d" in overrides
     main_exorl.register_configs()
     jobs = main_exorl.compose_jobs(overrides, multirun)
-    assert [job["memory"]["name"] for job in jobs] == ["gru", "s4d"]
+    assert [job["agent"]["memory"]["name"] for job in jobs] == ["gru", "s4d"]
 
 
 def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
@@ -205,8 +228,9 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
         ["agent=fb_m", "env.domain=walker_flickering", "env.dataset=rnd"], False
     )
     cfg = main_exorl.check_job({**values, "env": {**values["env"], "data_dir": str(data_dir)}})
-    assert (cfg.memory.name, cfg.memory.history_length, cfg.memory.backward_history_length) == ("gru", 32, 8)
-    assert cfg.memory.resolved_model_dimension() == 512
+    memory = cfg.agent.memory
+    assert (memory.name, memory.history_length, memory.backward_history_length) == ("gru", 32, 8)
+    assert memory.resolved_model_dimension() == 512
     assert cfg.agent.recurrent_F and cfg.agent.recurrent_B
     assert (cfg.train.learning_steps, cfg.train.batch_size, cfg.train.eval_frequency) == (
         1_000_000,
@@ -218,7 +242,7 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     assert cfg.seed == 42 and cfg.train.rollout_memory == "sliding" and not cfg.logger.wandb
     assert cfg.run_dir == "runs/fb_m/walker_flickering/rnd/gru/seed42"
     (transformer,) = main_exorl.compose_jobs(["agent=fb_m", "memory=transformer"], False)
-    assert transformer["memory"]["model_dimension"] == 32
+    assert transformer["agent"]["memory"]["model_dimension"] == 32
     (smoke,) = main_exorl.compose_jobs(["agent=fb_m", "experiment=smoke"], False)
     assert (
         smoke["torch_threads"] == 1 and smoke["train"]["learning_steps"] == 6
@@ -260,7 +284,6 @@ def test_every_paper_command_is_valid() -> None:
         cfg = config.run_config_from_dict(values)
         config.validate_names(cfg)
         builders.make_env(cfg)
-        builders.agent_config(cfg)
 
 
 @pytest.mark.parametrize(
@@ -273,11 +296,11 @@ def test_every_paper_command_is_valid() -> None:
     ],
 )
 def test_hilp_domain_defaults_unless_set(overrides: list[str], gamma_phi: float, sf_loss: str) -> None:
-    from training import builders, config
+    from training import config
 
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs(overrides, False)
-    agent_config = builders.agent_config(config.run_config_from_dict(values))
+    agent_config = config.run_config_from_dict(values).agent
     assert (agent_config.gamma_phi, agent_config.sf_loss) == (gamma_phi, sf_loss)
 
 
@@ -312,16 +335,15 @@ def test_missing_changed_dynamics_dataset_says_to_collect(
 @pytest.mark.parametrize("agent", ["fb", "fb_m", "hilp", "hilp_m"])
 def test_cpu_preset_builds_every_algorithm(agent: str) -> None:
     """experiment=cpu only sets fields every algorithm has (B follows lr_f; HILP keeps lr_phi)."""
-    from training import builders
     from training.config import run_config_from_dict
 
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs([f"agent={agent}", "experiment=cpu"], False)
     cfg = run_config_from_dict(values)
-    config = builders.agent_config(cfg)
-    assert (config.lr_f, config.lr_actor, config.batch_size) == (5e-4, 5e-4, 256)
+    config = cfg.agent
+    assert (config.lr_f, config.lr_actor, cfg.train.batch_size) == (5e-4, 5e-4, 256)
     assert (cfg.env.data_dir, cfg.train.learning_steps, cfg.torch_threads) == ("datasets/cpu", 30_000, 1)
-    assert config.memory_settings["gru"] == {"token_dim": 64}  # the per-token MLP as wide as the GRU
+    assert config.memory.settings["gru"] == {"token_dim": 64}  # the per-token MLP as wide as the GRU
     if agent.startswith("fb"):
         assert config.lr_b is None  # the FB optimizer uses lr_f for B
 

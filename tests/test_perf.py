@@ -14,7 +14,7 @@ from tests.test_agents import ACT, GOAL, OBS, small_config, synthetic_batch
 
 def _agent(name: str = "fb_m", memory: str = "gru", device: str = "cpu", **overrides):
     return make_agent(
-        name, OBS, GOAL, ACT, small_config(name, memory_type=memory, **overrides), device=device
+        name, OBS, GOAL, ACT, small_config(name, memory={"name": memory}, **overrides), device=device
     )
 
 

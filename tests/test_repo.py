@@ -46,7 +46,7 @@ def test_registries_configs_and_defaults_agree() -> None:
     import memory
     from training import config
 
-    assert config.MEMORY_TYPES == tuple(memory.REGISTRY)
+    assert agents.MEMORY_TYPES == tuple(memory.REGISTRY)
     assert config.ALGORITHMS == tuple(agents.AGENTS)
     assert main_exorl.DOMAIN_NAMES == tuple(envs.DOMAINS)
     yamls = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "configs" / "memory").glob("*.yaml")}
@@ -56,16 +56,14 @@ def test_registries_configs_and_defaults_agree() -> None:
     for name, cls in memory.REGISTRY.items():
         default = inspect.signature(cls).parameters["model_dimension"].default
         assert yamls[name]["name"] == name
-        assert yamls[name].get("model_dimension", default) == default == config.DEFAULT_MODEL_DIMENSION[name]
+        assert (
+            yamls[name].get("model_dimension", default)
+            == default
+            == agents.config.DEFAULT_MODEL_DIMENSION[name]
+        )
     help_text = main_exorl.build_parser().format_help()
-    for name in (*config.MEMORY_TYPES, *config.ALGORITHMS, *envs.DOMAINS):
+    for name in (*agents.MEMORY_TYPES, *config.ALGORITHMS, *envs.DOMAINS):
         assert name in help_text
-
-
-def test_every_agent_field_set_from_another_group_names_its_key() -> None:
-    from training import builders
-
-    assert set(builders.RUN_KEYS) == set(builders.MEMORY_FIELD_NAMES)
 
 
 # Which of the repository's packages each package may import (no arrow runs back).

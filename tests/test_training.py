@@ -210,8 +210,8 @@ def test_resume_on_another_device_type_reseeds_generators(
     from training.checkpoint import load_checkpoint, save_checkpoint
 
     path = make_synthetic_dataset(tmp_path / "data", "walker", episodes=2, episode_length=20, seed=0)
-    config = {"hidden_dim": 16, "head_hidden_dim": 16, "z_dim": 4, "memory_type": "mlp",
-              "model_dimension": 16, "history_length": 3, "backward_history_length": 2}  # fmt: skip
+    config = {"hidden_dim": 16, "head_hidden_dim": 16, "z_dim": 4,
+              "memory": {"name": "mlp", "model_dimension": 16, "history_length": 3, "backward_history_length": 2}}  # fmt: skip
 
     def build() -> tuple[Any, SequenceBuffer]:
         return make_agent("fb_m", 24, 24, 6, config, "cpu"), SequenceBuffer(

@@ -8,14 +8,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+import agents
+import envs
+from data import SequenceBuffer, dataset_path
+from data.exorl import create_command
 from training.config import ConfigError, RunConfig
-
-if TYPE_CHECKING:
-    from training.evaluation import Evaluator
+from training.evaluation import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ def make_env(cfg: RunConfig) -> EnvSetup:
     Raises:
         ConfigError: unknown domain or task.
     """
-    import envs
-
     try:
         spec = envs.parse_domain(cfg.env.domain)
         dynamics, rewards = envs.make_stream_transforms(
@@ -79,9 +79,6 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
     Raises:
         ConfigError: a dataset file is missing (names the path and how to make it).
     """
-    from data import dataset_path
-    from data.exorl import create_command
-
     paths = [
         Path(dataset_path(cfg.env.data_dir, domain, cfg.env.dataset, m)) for m in cfg.env.train_multipliers
     ]
@@ -94,10 +91,8 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
     return paths
 
 
-def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> Any:
+def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> SequenceBuffer:
     """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load)."""
-    from data import SequenceBuffer
-
     return SequenceBuffer(
         dataset_paths(cfg, setup.domain),
         setup.domain,
@@ -115,90 +110,15 @@ def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> Any:
     )
 
 
-def agent_config(cfg: RunConfig) -> Any:
-    """The agents' config dataclass (FBConfig / HILPConfig) filled from the run config.
-
-    Memory settings map onto the agents' fields; ``agent.overrides`` are applied last.
-
-    Raises:
-        ConfigError: an override names a field the agent config does not have.
-    """
-    import agents
-
-    config_cls = agents.AGENTS[cfg.agent.name][1]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    values = {key: value for key, value in _memory_fields(cfg).items() if key in names}
-    values.update({k: v for k, v in domain_defaults(cfg).items() if k in names})
-    unknown = sorted(set(cfg.agent.overrides) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown agent setting(s) {', '.join('agent.' + k for k in unknown)}; accepted: {', '.join(sorted(names))}"
-        )
-    # None on a domain-dependent field means "the domain's default" (the CLI schema's default).
-    values.update(
-        {k: v for k, v in cfg.agent.overrides.items() if not (k in DOMAIN_DEPENDENT_FIELDS and v is None)}
-    )
-    try:
-        return config_cls(**values)
-    except agents.SettingError as error:  # "<field> must be ..., got ...": name the key the user sets
-        key = RUN_KEYS.get(error.field, "agent." + error.field)
-        raise ConfigError(key + str(error).removeprefix(error.field)) from error
-
-
-def _memory_fields(cfg: RunConfig) -> dict[str, Any]:
-    """Run-config values under the names the agents' config uses."""
-    return {
-        "memory_type": cfg.memory.name,
-        "model_dimension": cfg.memory.resolved_model_dimension(),
-        "history_length": cfg.history_length,
-        "backward_history_length": cfg.backward_history_length,
-        "recurrent_F": cfg.agent.recurrent_F,
-        "recurrent_B": cfg.agent.recurrent_B,
-        "seed": cfg.seed,
-        "batch_size": cfg.train.batch_size,
-    }
-
-
-# The agent fields the run config fills from other groups (not set as agent.<field> on the CLI).
-MEMORY_FIELD_NAMES: tuple[str, ...] = tuple(_memory_fields(RunConfig()))
-# Where the user sets those fields (messages name these keys).
-RUN_KEYS: dict[str, str] = {
-    "memory_type": "memory.name",
-    "model_dimension": "memory.model_dimension",
-    "history_length": "memory.history_length",
-    "backward_history_length": "memory.backward_history_length",
-    "recurrent_F": "agent.recurrent_F",
-    "recurrent_B": "agent.recurrent_B",
-    "seed": "seed",
-    "batch_size": "train.batch_size",
-}
-
-
-DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = ("gamma_phi", "sf_loss")
-
-
-def domain_defaults(cfg: RunConfig) -> dict[str, Any]:
-    """Per-domain agent settings of the reference code (an explicit ``agent.<field>`` wins).
-
-    HILP: ``gamma_phi`` 0.96 on walker; the scalar successor-feature loss (psi . z) on quadruped.
-    """
-    domain = cfg.env.domain.split("_")[0]  # fields an algorithm lacks are dropped by agent_config
-    return {"walker": {"gamma_phi": 0.96}, "quadruped": {"sf_loss": "scalar"}}.get(domain, {})
-
-
 def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:
     """Builds the agent for the buffer's observation, goal and action dimensions."""
-    import agents
-
     return agents.make_agent(
-        cfg.agent.name, buffer.obs_dim, buffer.goal_dim, buffer.action_dim, agent_config(cfg), device
+        cfg.agent.name, buffer.obs_dim, buffer.goal_dim, buffer.action_dim, cfg.agent, device, seed=cfg.seed
     )
 
 
 def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Evaluator:
     """An Evaluator over one BatchedEvalEnv of every task x multiplier x rollout."""
-    import envs
-    from training.evaluation import Evaluator
 
     def make_eval_env(seed: int) -> Any:
         return envs.BatchedEvalEnv(

@@ -3,7 +3,7 @@ the trainer state around it.
 
 An agent directory holds
 
-- ``agent.json``: algorithm name, dimensions and the resolved agent config;
+- ``agent.json``: algorithm name, dimensions, generator seed and the resolved agent config;
 - ``weights.safetensors``: every network and target (``<module>.<parameter>`` keys);
 - ``optimizers.pt``: optimizer states and the agent generator's state (``torch.save``).
 
@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from agents import make_agent
+from agents.config import upgrade_flat
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def save_agent(directory: str | Path, agent: Any) -> Path:
         "obs_dim": agent.obs_dim,
         "goal_dim": agent.goal_dim,
         "action_dim": agent.action_dim,
+        "seed": agent.seed,
         "config": dataclasses.asdict(agent.config),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -88,8 +90,11 @@ def load_agent(directory: str | Path, device: torch.device | str = "cpu") -> Any
         FileNotFoundError: when ``agent.json`` or ``weights.safetensors`` is missing.
     """
     meta = _read_meta(Path(directory))
+    config = meta["config"]
+    seed = meta.get("seed", config.get("seed", 0))  # earlier checkpoints kept it in the config
+    config = upgrade_flat(config)  # and the memory settings beside the other fields
     agent = make_agent(
-        meta["name"], meta["obs_dim"], meta["goal_dim"], meta["action_dim"], meta["config"], device
+        meta["name"], meta["obs_dim"], meta["goal_dim"], meta["action_dim"], config, device, seed=seed
     )
     return restore_agent(agent, directory)
 

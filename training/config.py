@@ -5,8 +5,9 @@ config schemas, composes ``configs/`` with the user's overrides, and hands the r
 :func:`run_config_from_dict`, which returns a :class:`RunConfig` made of plain dataclasses. Every
 field is documented here, once.
 
-Groups: ``agent`` (algorithm and its hyperparameters), ``memory`` (memory model and context
-lengths), ``env`` (domain, dataset, POMDP settings, evaluation tasks), ``train`` (schedule and
+Groups: ``agent`` (the agents' own config, ``agents.FBConfig`` / ``agents.HILPConfig``, with its
+memory models and context lengths in ``agent.memory``; the ``memory`` config group fills that),
+``env`` (domain, dataset, POMDP settings, evaluation tasks), ``train`` (schedule and
 evaluation protocol; the ``experiment`` presets override it), ``logger`` (CSV always, wandb
 optional).
 """
@@ -20,13 +21,22 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGORITHMS: tuple[str, ...] = ("fb", "fb_m", "hilp", "hilp_m")
-MEMORY_TYPES: tuple[str, ...] = ("gru", "transformer", "s4d", "mlp")
+from agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
+from agents.config import upgrade_flat
+
+ALGORITHMS: tuple[str, ...] = tuple(AGENTS)
 ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
 # The same as data.exorl.EPISODE_SELECTIONS (a test keeps them equal; config imports no data code).
 EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")
 POMDP_VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
-DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
+# Agent fields whose default depends on the domain (the reference code's per-domain settings):
+# HILP's gamma_phi 0.96 on walker, its scalar successor-feature loss (psi . z) on quadruped. The
+# CLI's schema leaves them None; an explicit agent.<field> wins.
+DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "walker": {"gamma_phi": 0.96},
+    "quadruped": {"sf_loss": "scalar"},
+}
+DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = tuple(sorted({k for d in DOMAIN_DEFAULTS.values() for k in d}))
 
 # Keys that may differ between a run directory's saved config and a resumed run.
 RESUMABLE_KEYS: tuple[str, ...] = (
@@ -44,48 +54,6 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 
 class ConfigError(ValueError):
     """Bad user input: the CLI reports the message on one line and exits with code 2."""
-
-
-@dataclass
-class AgentSettings:
-    """Algorithm choice; the remaining hyperparameters live in the agents' own config dataclass.
-
-    Attributes:
-        name: fb, fb_m, hilp or hilp_m (fb and hilp are the memory-free versions).
-        recurrent_F: memory model in F (psi for HILP) and pi; False means o_t only.
-        recurrent_B: memory model in B (phi for HILP); False means g_t only.
-        overrides: fields of the agents' own config dataclass (``FBConfig`` / ``HILPConfig``) to
-            change from their defaults. On the command line they are plain ``agent.<field>=...``
-            overrides (the CLI folds every agent key that is not one of the three above into
-            this dict); unknown names are rejected before training.
-    """
-
-    name: str = "fb_m"
-    recurrent_F: bool = True
-    recurrent_B: bool = True
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class MemorySettings:
-    """Memory model shared by F, pi and B (each owns its own copy of the weights).
-
-    Attributes:
-        name: gru, transformer, s4d or mlp (frame stacking).
-        model_dimension: hidden width of the memory model; None picks 512 for gru and mlp, 32 for
-            transformer and s4d (the paper's settings).
-        history_length: L_F, context length of F and pi (>= 1; 1 when recurrent_F is off).
-        backward_history_length: L_B, context length of B (>= 1; 1 when recurrent_B is off).
-    """
-
-    name: str = "gru"
-    model_dimension: int | None = None
-    history_length: int = 32
-    backward_history_length: int = 8
-
-    def resolved_model_dimension(self) -> int:
-        """The hidden width actually used (fills in the per-type default)."""
-        return self.model_dimension or DEFAULT_MODEL_DIMENSION.get(self.name, 512)
 
 
 @dataclass
@@ -183,7 +151,9 @@ class RunConfig:
     """Everything one training run needs.
 
     Attributes:
-        agent, memory, env, train, logger: the config groups above.
+        agent: the algorithm and its hyperparameters, memory included (``agents.FBConfig`` or
+            ``agents.HILPConfig``, chosen by ``agent.name``).
+        env, train, logger: the config groups above.
         seed: run seed; every generator (buffer, POMDP transforms, agent, evaluation) derives
             from it.
         device: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, ...
@@ -196,8 +166,7 @@ class RunConfig:
             that already holds a checkpoint.
     """
 
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    memory: MemorySettings = field(default_factory=MemorySettings)
+    agent: FBConfig | HILPConfig = field(default_factory=FBConfig)
     env: EnvSettings = field(default_factory=EnvSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     logger: LoggerSettings = field(default_factory=LoggerSettings)
@@ -210,17 +179,17 @@ class RunConfig:
     @property
     def history_length(self) -> int:
         """L_F as the agent and the buffer see it (1 without memory in F and pi)."""
-        return self.memory.history_length if self.agent.recurrent_F else 1
+        return self.agent.history_length
 
     @property
     def backward_history_length(self) -> int:
         """L_B as the agent and the buffer see it (1 without memory in B)."""
-        return self.memory.backward_history_length if self.agent.recurrent_B else 1
+        return self.agent.backward_history_length
 
     @property
     def memory_label(self) -> str:
         """Short name of the memory setup: ``none``, ``gru``, ``gru-F`` (F/pi only), ``gru-B``."""
-        return memory_label(self.agent.recurrent_F, self.agent.recurrent_B, self.memory.name)
+        return memory_label(self.agent.recurrent_F, self.agent.recurrent_B, self.agent.memory.name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-serialisable)."""
@@ -252,20 +221,16 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Builds a RunConfig from a plain nested dict (a resolved hydra config or a saved one).
 
     Keys outside the schema (hydra's own, ``experiment``) are ignored at the top level and
-    rejected inside the groups.
+    rejected inside the groups. Configs saved in the earlier layout (a top-level ``memory``
+    group, ``agent.overrides``) are read too.
+
+    Raises:
+        ConfigError: an unknown key or a value out of range, naming its dotted key.
     """
-    groups = {
-        "memory": MemorySettings,
-        "env": EnvSettings,
-        "train": TrainSettings,
-        "logger": LoggerSettings,
-    }
+    values = _upgrade_layout(values)
+    groups = {"env": EnvSettings, "train": TrainSettings, "logger": LoggerSettings}
     kwargs: dict[str, Any] = {name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items()}
-    agent = dict(values.get("agent") or {})
-    own = {f.name for f in dataclasses.fields(AgentSettings)} - {"overrides"}
-    overrides = dict(agent.pop("overrides", None) or {})
-    overrides.update({k: agent.pop(k) for k in list(agent) if k not in own})
-    kwargs["agent"] = AgentSettings(**agent, overrides=overrides)
+    kwargs["agent"] = agent_from_dict(values.get("agent") or {}, kwargs["env"].domain)
     for key in ("seed", "device", "run_dir", "resume", "torch_threads"):
         if key in values and values[key] is not None:
             kwargs[key] = values[key]
@@ -274,6 +239,50 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     cfg.env.train_multipliers = [float(m) for m in cfg.env.train_multipliers]
     cfg.env.eval_multipliers = [float(m) for m in cfg.env.eval_multipliers]
     return cfg
+
+
+def agent_from_dict(values: dict[str, Any], domain: str) -> FBConfig | HILPConfig:
+    """The agent config of ``values["name"]`` (default fb_m); domain-dependent fields left None
+    take the domain's value (``DOMAIN_DEFAULTS``), else the config class's default.
+
+    Raises:
+        ConfigError: unknown algorithm, unknown field, or a value out of range (``agent.<field>``).
+    """
+    values = dict(values)
+    name = values.pop("name", None) or "fb_m"
+    _choice(name, ALGORITHMS, "algorithm")
+    if not name.endswith("_m") and (values.get("recurrent_F") or values.get("recurrent_B")):
+        raise ConfigError(
+            f"{name} is memory-free; use {name}_m for memory in F/pi or B (--recurrent_F / --recurrent_B)"
+        )
+    known = {f.name for f in dataclasses.fields(AGENTS[name][1])}
+    for key in DOMAIN_DEPENDENT_FIELDS:
+        if key in values and values[key] is None:
+            del values[key]
+    values.update(
+        {
+            k: v
+            for k, v in DOMAIN_DEFAULTS.get(domain.split("_")[0], {}).items()
+            if k in known and k not in values
+        }
+    )
+    try:
+        return make_config(name, values)
+    except SettingError as error:  # "<field> must be ...": name the key the user sets
+        raise ConfigError("agent." + str(error)) from None
+
+
+def _upgrade_layout(values: dict[str, Any]) -> dict[str, Any]:
+    """A run config dict in the current layout from one saved before the memory group moved into
+    the agent config (top-level ``memory``, agent hyperparameters under ``agent.overrides``)."""
+    if "memory" not in values and "overrides" not in (values.get("agent") or {}):
+        return values
+    values = dict(values)
+    agent = dict(values.get("agent") or {})
+    agent.update(agent.pop("overrides", None) or {})
+    agent["memory"] = {**(values.pop("memory", None) or {}), **(agent.get("memory") or {})}
+    values["agent"] = upgrade_flat(agent)  # memory_settings, memory_type_F, ... among the overrides
+    return values
 
 
 def _choice(value: str, accepted: tuple[str, ...] | list[str], what: str) -> None:
@@ -287,25 +296,9 @@ def validate_names(cfg: RunConfig) -> None:
     Raises:
         ConfigError: naming the problem and the accepted values.
     """
-    _choice(cfg.agent.name, ALGORITHMS, "algorithm")
-    _choice(cfg.memory.name, MEMORY_TYPES, "memory type")
     _choice(cfg.train.rollout_memory, ROLLOUT_MEMORY_MODES, "rollout memory mode (train.rollout_memory)")
     _choice(cfg.env.episode_selection, EPISODE_SELECTIONS, "episode selection (env.episode_selection)")
-    memory_free = cfg.agent.name in ("fb", "hilp")
     checks = [
-        (
-            not (memory_free and (cfg.agent.recurrent_F or cfg.agent.recurrent_B)),
-            f"{cfg.agent.name} is memory-free; use {cfg.agent.name}_m for memory in F/pi or B "
-            "(--recurrent_F / --recurrent_B)",
-        ),
-        (
-            cfg.memory.history_length >= 1,
-            f"memory.history_length (--history_length) must be >= 1, got {cfg.memory.history_length}",
-        ),
-        (
-            cfg.memory.backward_history_length >= 1,
-            f"memory.backward_history_length (--backward_history_length) must be >= 1, got {cfg.memory.backward_history_length}",
-        ),
         (cfg.train.eval_rollouts >= 1, f"train.eval_rollouts must be >= 1, got {cfg.train.eval_rollouts}"),
         (cfg.train.learning_steps >= 0, f"train.learning_steps must be >= 0, got {cfg.train.learning_steps}"),
         (cfg.train.batch_size >= 1, f"train.batch_size must be >= 1, got {cfg.train.batch_size}"),
@@ -316,10 +309,6 @@ def validate_names(cfg: RunConfig) -> None:
         ),
         (cfg.train.log_interval >= 1, f"train.log_interval must be >= 1, got {cfg.train.log_interval}"),
         (cfg.env.episodes >= 1, f"env.episodes must be >= 1, got {cfg.env.episodes}"),
-        (
-            cfg.memory.model_dimension is None or cfg.memory.model_dimension >= 1,
-            f"memory.model_dimension must be >= 1, got {cfg.memory.model_dimension}",
-        ),
         (len(cfg.env.train_multipliers) >= 1, "env.train_multipliers must name at least one multiplier"),
         (len(cfg.env.eval_multipliers) >= 1, "env.eval_multipliers must name at least one multiplier"),
         (
@@ -372,9 +361,18 @@ def incompatible_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's documentation from the ``Attributes:`` section of a dataclass docstring, as one line."""
+    """Each field's documentation from the ``Attributes:`` sections of a dataclass's docstring and
+    its bases', as one line."""
     docs: dict[str, str] = {}
-    lines = (cls.__doc__ or "").splitlines()
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    docs: dict[str, str] = {}
+    lines = (cls.__dict__.get("__doc__") or "").splitlines()
     start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), len(lines))
     names: list[str] = []
     for line in lines[start:]:
@@ -395,6 +393,7 @@ def field_help(key: str) -> str:
     *groups, name = key.split(".")
     for group in groups:
         cls = typing.get_type_hints(cls)[group]
+        cls = typing.get_args(cls)[0] if typing.get_args(cls) else cls  # a union: its first class
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     doc = field_docs(cls)[name]

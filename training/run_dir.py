@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from training.checkpoint import latest_checkpoint
-from training.config import ConfigError, RunConfig, incompatible_keys
+from training.config import ConfigError, RunConfig, incompatible_keys, run_config_from_dict
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
@@ -51,6 +51,7 @@ def check_run_dir(cfg: RunConfig) -> Path | None:
     checkpoint = latest_checkpoint(run_dir)
     saved = saved_config(run_dir)
     if saved is not None and checkpoint is not None:
+        saved = _current_layout(saved)
         differ = incompatible_keys(saved, cfg.to_dict())
         if differ:
             shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(cfg.to_dict(), k)!r})" for k in differ[:4])
@@ -64,6 +65,15 @@ def check_run_dir(cfg: RunConfig) -> Path | None:
             f"run directory {run_dir} already holds a checkpoint ({checkpoint.name}); pass resume=true to continue it or choose another run_dir=..."
         )
     return checkpoint
+
+
+def _current_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as today's code writes it: earlier layouts upgraded, fields added since
+    then at their defaults (so they do not count as changes). As saved when it cannot be read."""
+    try:
+        return run_config_from_dict(saved).to_dict()
+    except ConfigError:
+        return saved
 
 
 def _get(values: dict[str, Any], dotted: str) -> Any:

@@ -236,7 +236,7 @@ def build_results(
         "domain": cfg.env.domain,
         "dataset": cfg.env.dataset,
         "memory": cfg.memory_label,
-        "memory_type": cfg.memory.name,
+        "memory_type": cfg.agent.memory.name,
         "seed": cfg.seed,
         "steps": steps,
         "rollout_memory": cfg.train.rollout_memory,
