@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import main_exorl
-from training.config import run_config_from_dict
+from training.config import ConfigError, run_config_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +371,43 @@ def test_flag_help_is_the_config_field_documentation_and_default() -> None:
         actions["data_dir"]
         == f"root of <domain>/<dataset>/buffer/dataset.npz (default {EnvSettings.data_dir})"
     )
+
+
+def test_run_dir_saved_in_the_earlier_layout_still_resumes(data_dir: Path, tmp_path: Path) -> None:
+    """config.yaml files written before the memory group moved into the agent config (top-level
+    ``memory``, agent hyperparameters under ``agent.overrides``) read as the same config."""
+    from training import run_dir as rd
+
+    main_exorl.register_configs()
+    overrides = [
+        "agent=fb_m",
+        "memory=s4d",
+        "experiment=cpu",
+        f"env.data_dir={data_dir}",
+        f"run_dir={tmp_path}",
+    ]
+    (values,) = main_exorl.compose_jobs(overrides, False)
+    cfg = run_config_from_dict(values)
+    agent = cfg.to_dict()["agent"]
+    memory = agent.pop("memory")
+    old = {
+        **cfg.to_dict(),
+        "memory": {
+            k: memory[k] for k in ("name", "model_dimension", "history_length", "backward_history_length")
+        },
+    }
+    old["agent"] = {
+        "name": agent.pop("name"),
+        "recurrent_F": agent.pop("recurrent_F"),
+        "recurrent_B": agent.pop("recurrent_B"),
+        "overrides": {**agent, "memory_settings": memory["settings"]},
+    }
+    assert run_config_from_dict(old) == cfg
+    (tmp_path / "checkpoints" / "step_000000003").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000000003")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert rd.check_run_dir(cfg) == tmp_path / "checkpoints" / "step_000000003"
+    old["memory"]["history_length"] = 4
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"agent.memory.history_length \(4 -> 8\)"):
+        rd.check_run_dir(cfg)
