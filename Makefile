@@ -6,10 +6,11 @@ export PYTHONHASHSEED ?= 0
 
 .PHONY: install test test-all lint demo bench clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # the bfm package and its three commands (deps: above)
 	touch $@
 
 install: $(VENV)/.installed

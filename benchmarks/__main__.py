@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from agents import AGENTS
 from benchmarks.common import OFFICIAL, PRESETS, machine_info, matmul_gflops
 from benchmarks.update_speed import MODES, build, count_gflop, synthetic_batch, time_split, time_updates
-from memory import REGISTRY
+from bfm.agents import AGENTS
+from bfm.memory import REGISTRY
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMORIES = list(REGISTRY)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if "relabel" not in args.skip:
         from benchmarks.relabel_speed import random_states
-        from envs import DOMAINS, relabel
+        from bfm.envs import DOMAINS, relabel
 
         states = random_states("walker", 5000)
         t0 = time.perf_counter()

@@ -37,8 +37,8 @@ def eval_throughput(
     Returns:
         {"envs": N, "steps_per_s": {mode: env steps/s}, "infer_z_s": seconds, "tasks": K}.
     """
-    from envs import DOMAINS, BatchedEvalEnv
-    from training.evaluation import Evaluator
+    from bfm.envs import DOMAINS, BatchedEvalEnv
+    from bfm.training.evaluation import Evaluator
 
     tasks = list(DOMAINS[DOMAIN].tasks)
     agent = agent or build("fb_m", "gru", preset, "eager", device)

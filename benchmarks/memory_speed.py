@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import time_calls  # noqa: E402
-from memory import REGISTRY, make_memory  # noqa: E402
+from bfm.memory import REGISTRY, make_memory  # noqa: E402
 
 
 def best_seconds(fn: Callable[[], None], repeats: int) -> float:

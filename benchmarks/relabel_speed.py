@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from envs import DOMAINS, BatchedEvalEnv, make_env, relabel
+from bfm.envs import DOMAINS, BatchedEvalEnv, make_env, relabel
 
 logger = logging.getLogger("relabel_speed")
 

@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agents import HILPConfig  # noqa: E402
 from benchmarks.common import time_calls  # noqa: E402
-from data import SequenceBuffer, dataset_path  # noqa: E402
-from data.exorl import reward_key, write_dataset  # noqa: E402
-from envs import DOMAINS, make_transform  # noqa: E402
+from bfm.agents import HILPConfig  # noqa: E402
+from bfm.data import SequenceBuffer, dataset_path  # noqa: E402
+from bfm.data.exorl import reward_key, write_dataset  # noqa: E402
+from bfm.envs import DOMAINS, make_transform  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
@@ -80,8 +80,8 @@ def bench_sampling(path: Path, args: argparse.Namespace) -> None:
 
 
 def bench_reformat(folder: Path, episodes: int) -> None:
-    from collection.collect import collect
-    from data.reformat import reformat
+    from bfm.collection.collect import collect
+    from bfm.data.reformat import reformat
 
     raw = folder / "walker" / "rnd" / "buffer"
     start = time.perf_counter()

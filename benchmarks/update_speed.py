@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents import AGENTS, make_agent
 from benchmarks.common import PRESETS, Preset, summarise, sync, time_calls
-from data.batch import Batch
-from memory import REGISTRY
+from bfm.agents import AGENTS, make_agent
+from bfm.data.batch import Batch
+from bfm.memory import REGISTRY
 
 OBS, GOAL, ACT = 24, 24, 6  # walker
 MODES = {
@@ -112,14 +112,13 @@ def time_split(
     (actor loss and step), ``target`` (Polyak updates), ``logging`` (metric dict, accumulation
     in ``MetricLogger`` and the flush every ``log_interval`` steps, amortised per step).
     """
-    import agents.fb
-    import agents.hilp
     from benchmarks.sampling_speed import random_dataset
-    from data import SequenceBuffer
-    from training.config import LoggerSettings
-    from training.logger import MetricLogger
+    from bfm.agents import fb, hilp
+    from bfm.data import SequenceBuffer
+    from bfm.training.config import LoggerSettings
+    from bfm.training.logger import MetricLogger
 
-    module = agents.fb if hasattr(agent, "fb_optimizer") else agents.hilp
+    module = fb if hasattr(agent, "fb_optimizer") else hilp
     parts: dict[str, list[float]] = {
         k: [] for k in ("sampling", "representation", "actor", "target", "logging")
     }

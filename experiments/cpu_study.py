@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import plot_results  # noqa: E402  (the repository root is put on the path above)
+from bfm.cli import report as plot_results  # noqa: E402  (the repository root is put on the path above)
 
 # Study method -> (algorithm, memory type or None); the names plot_results reports them under.
 METHODS: dict[str, tuple[str, str | None]] = {
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval_frequency", type=int, default=3000, help="evaluate at step 0 and every N steps (default 3000)"
     )
-    p.add_argument("--preset", default="cpu", help="configs/experiment preset of every run (default cpu)")
+    p.add_argument("--preset", default="cpu", help="bfm/configs/experiment preset of every run (default cpu)")
     p.add_argument("--data_dir", default="datasets/cpu", help="dataset root (default datasets/cpu)")
     p.add_argument(
         "--episodes", type=int, default=300, help="episodes collected and trained on (default 300)"

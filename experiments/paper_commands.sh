@@ -2,7 +2,7 @@
 # The exact command behind every number of the paper's tables (README, "Reproducing the paper"), one line per
 # table cell. Each line sweeps the seeds with hydra multirun; add `hydra/launcher=joblib` (local
 # processes) or `hydra/launcher=submitit_slurm_bfm hydra.launcher.partition=<p>` (SLURM, see
-# configs/hydra/launcher/submitit_slurm_bfm.yaml) to run the seeds in parallel.
+# bfm/configs/hydra/launcher/submitit_slurm_bfm.yaml) to run the seeds in parallel.
 #
 # Results land in runs/<algorithm>/<domain>/rnd/<memory>/seed<seed>/; the report divides each
 # POMDP cell by the same method's fully observed runs (section "Fully observed references"):

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from agents import FBConfig, HILPConfig, make_agent
-from agents.fb import fb_measure_loss, ortho_loss
-from agents.optim import offdiag_mean
-from data.batch import Batch
-from memory import REGISTRY
-from training.checkpoint import load_agent, restore_agent, save_agent
+from bfm.agents import FBConfig, HILPConfig, make_agent
+from bfm.agents.fb import fb_measure_loss, ortho_loss
+from bfm.agents.optim import offdiag_mean
+from bfm.data.batch import Batch
+from bfm.memory import REGISTRY
+from bfm.training.checkpoint import load_agent, restore_agent, save_agent
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +188,7 @@ def test_actor_loss_prefix_encoding_matches_full_window(name: str, memory: str) 
     mu = agent.model.actor(batch.obs_window[:, 1:], batch.prev_action_window[:, 1:], z)
     fast = gradient(agent.actor_loss(batch, z, mu, noise)[0])
     mu = agent.model.actor(batch.obs_window[:, 1:], batch.prev_action_window[:, 1:], z)
-    from agents.networks import sample_action
+    from bfm.agents.networks import sample_action
 
     action = sample_action(mu, noise, agent.config.actor_std, agent.config.actor_clip)
     actions = torch.cat([batch.prev_action_window[:, 2:], action[:, None]], dim=1)

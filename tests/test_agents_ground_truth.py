@@ -14,10 +14,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from agents import make_agent
-from agents.fb import fb_measure_loss
-from agents.optim import optimizer_step, polyak_update
-from data.batch import Batch
+from bfm.agents import make_agent
+from bfm.agents.fb import fb_measure_loss
+from bfm.agents.optim import optimizer_step, polyak_update
+from bfm.data.batch import Batch
 
 SIDE = 5
 STATES = SIDE * SIDE

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import MEMORY_TYPES  # equal to the registries (tests/test_repo.py)
-from training.config import ALGORITHMS
+from bfm.agents import MEMORY_TYPES  # equal to the registries (tests/test_repo.py)
+from bfm.training.config import ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (random-action) walker dataset: 4 episodes x 60 steps."""
-    from collection import make_synthetic_dataset
+    from bfm.collection import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)
@@ -83,7 +83,7 @@ def test_smoke_every_algorithm_and_memory(smoke_runs: Path, algorithm: str) -> N
 
 
 def test_report_on_smoke_runs(smoke_runs: Path, tmp_path: Path) -> None:
-    import plot_results
+    from bfm.cli import report as plot_results
 
     assert plot_results.main([str(smoke_runs), "--out", str(tmp_path), "--reps", "200"]) == 0
     report = (tmp_path / "report.md").read_text()

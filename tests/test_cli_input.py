@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import main_exorl
-from training.config import ConfigError, run_config_from_dict
+from bfm.cli import train as main_exorl
+from bfm.training.config import ConfigError, run_config_from_dict
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from collection import make_synthetic_dataset
+    from bfm.collection import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     make_synthetic_dataset(root, "walker", "rnd", episodes=2, episode_length=20, seed=0)
@@ -268,9 +268,9 @@ def test_every_paper_command_is_valid() -> None:
     import shlex
     import subprocess
 
-    from training import builders, config
+    from bfm.training import builders, config
 
-    script = Path(main_exorl.__file__).parent / "experiments" / "paper_commands.sh"
+    script = Path(__file__).resolve().parents[1] / "experiments" / "paper_commands.sh"
     lines = subprocess.run(
         ["bash", str(script), "--dry-run"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -296,7 +296,7 @@ def test_every_paper_command_is_valid() -> None:
     ],
 )
 def test_hilp_domain_defaults_unless_set(overrides: list[str], gamma_phi: float, sf_loss: str) -> None:
-    from training import config
+    from bfm.training import config
 
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs(overrides, False)
@@ -335,7 +335,7 @@ def test_missing_changed_dynamics_dataset_says_to_collect(
 @pytest.mark.parametrize("agent", ["fb", "fb_m", "hilp", "hilp_m"])
 def test_cpu_preset_builds_every_algorithm(agent: str) -> None:
     """experiment=cpu only sets fields every algorithm has (B follows lr_f; HILP keeps lr_phi)."""
-    from training.config import run_config_from_dict
+    from bfm.training.config import run_config_from_dict
 
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs([f"agent={agent}", "experiment=cpu"], False)
@@ -359,7 +359,7 @@ def test_sweep_expansion_is_the_cartesian_product_in_launch_order() -> None:
 
 
 def test_flag_help_is_the_config_field_documentation_and_default() -> None:
-    from training.config import EnvSettings, TrainSettings, field_docs
+    from bfm.training.config import EnvSettings, TrainSettings, field_docs
 
     actions = {a.dest: a.help for a in main_exorl.build_parser()._actions}
     assert (
@@ -376,7 +376,7 @@ def test_flag_help_is_the_config_field_documentation_and_default() -> None:
 def test_run_dir_saved_in_the_earlier_layout_still_resumes(data_dir: Path, tmp_path: Path) -> None:
     """config.yaml files written before the memory group moved into the agent config (top-level
     ``memory``, agent hyperparameters under ``agent.overrides``) read as the same config."""
-    from training import run_dir as rd
+    from bfm.training import run_dir as rd
 
     main_exorl.register_configs()
     overrides = [

@@ -20,7 +20,7 @@ def run_driver(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
-    from collection import make_synthetic_dataset
+    from bfm.collection import make_synthetic_dataset
 
     data = tmp_path / "data"
     make_synthetic_dataset(data, "walker", "rnd", episodes=4, episode_length=60, seed=0)

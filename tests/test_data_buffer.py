@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from collection import make_synthetic_dataset
-from data import (
+from bfm.collection import make_synthetic_dataset
+from bfm.data import (
     DatasetError,
     DatasetNotFoundError,
     SequenceBuffer,
     dataset_path,
     read_manifest,
 )
-from data.batch import BatchSpec, GoalSampling
-from data.exorl import reward_key, write_dataset
-from envs import DOMAINS, make_transform
+from bfm.data.batch import BatchSpec, GoalSampling
+from bfm.data.exorl import reward_key, write_dataset
+from bfm.envs import DOMAINS, make_transform
 
 DOMAIN = "walker"
 INFO = DOMAINS[DOMAIN]
@@ -271,7 +271,7 @@ def test_synthetic_dataset_never_overwrites_a_real_one(tmp_path):
 
 
 def test_episode_selections_match_the_run_config():
-    from data.exorl import EPISODE_SELECTIONS
-    from training.config import EPISODE_SELECTIONS as CONFIG_SELECTIONS
+    from bfm.data.exorl import EPISODE_SELECTIONS
+    from bfm.training.config import EPISODE_SELECTIONS as CONFIG_SELECTIONS
 
     assert CONFIG_SELECTIONS == EPISODE_SELECTIONS

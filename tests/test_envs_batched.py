@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from envs import DOMAINS, BatchedEvalEnv, flat_obs, make_env, make_transform
+from bfm.envs import DOMAINS, BatchedEvalEnv, flat_obs, make_env, make_transform
 
 STEPS = 25
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from envs import (
+from bfm.envs import (
     DOMAINS,
     OCCLUDED_INDICES,
     DomainSpec,
@@ -96,7 +96,7 @@ def test_seed_determinism_and_shapes(variant):
 
 
 def test_chunked_application_equals_one_draw():
-    from envs import pomdp
+    from bfm.envs import pomdp
 
     obs = _obs("walker", (1000,))
     t = make_transform("noise", "walker")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from dm_control import suite
 
-from envs import DOMAINS, STANDARD_TASKS, make_env, make_physics, relabel, state_features, task_reward
+from bfm.envs import DOMAINS, STANDARD_TASKS, make_env, make_physics, relabel, state_features, task_reward
 
 STEPS = 60
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import memory
-from memory import REGISTRY, make_memory
+from bfm import memory
+from bfm.memory import REGISTRY, make_memory
 
 NAMES = sorted(REGISTRY)
 IN, OUT, L = 7, 5, 6

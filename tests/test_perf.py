@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents import make_agent
+from bfm.agents import make_agent
 from tests.test_agents import ACT, GOAL, OBS, small_config, synthetic_batch
 
 
@@ -123,7 +123,7 @@ def test_update_has_no_host_sync_on_cuda(name: str) -> None:
 
 @pytest.mark.parametrize("length", [1, 5])
 def test_gru_first_step_from_zero_state_matches_torch_gru(length: int) -> None:
-    from memory import make_memory
+    from bfm.memory import make_memory
 
     torch.manual_seed(0)
     model = make_memory("gru", 7, 9, context_length=length, model_dimension=16, token_dim=12)

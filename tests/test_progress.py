@@ -7,7 +7,7 @@ import io
 import pytest
 from tqdm import tqdm
 
-from data.progress import LineProgress, progress
+from bfm.data.progress import LineProgress, progress
 
 
 class Clock:

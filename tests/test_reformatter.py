@@ -12,14 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-import exorl_reformatter
-from collection import RND_PRESETS, RNDConfig, rnd_config
-from collection.collect import collect
-from data import DatasetError, SequenceBuffer, dataset_path, list_episode_files, read_episode, read_manifest
-from data.download import DownloadError, download, extract_archive
-from data.exorl import buffer_dir, select_episodes, verify_dataset, write_episode
-from data.reformat import reformat
-from envs import DOMAINS
+from bfm.cli import reformat as exorl_reformatter
+from bfm.collection import RND_PRESETS, RNDConfig, rnd_config
+from bfm.collection.collect import collect
+from bfm.data import (
+    DatasetError,
+    SequenceBuffer,
+    dataset_path,
+    list_episode_files,
+    read_episode,
+    read_manifest,
+)
+from bfm.data.download import DownloadError, download, extract_archive
+from bfm.data.exorl import buffer_dir, select_episodes, verify_dataset, write_episode
+from bfm.data.reformat import reformat
+from bfm.envs import DOMAINS
 
 DOMAIN = "walker"
 INFO = DOMAINS[DOMAIN]
@@ -108,8 +115,8 @@ def test_select_episodes():
 
 def test_reformat_relabels_every_task_with_a_reward(tmp_path):
     """Quadruped walk and run are not paper evaluation tasks but have rewards: they are relabelled too."""
-    from collection import make_synthetic_dataset
-    from envs import relabel
+    from bfm.collection import make_synthetic_dataset
+    from bfm.envs import relabel
 
     out = make_synthetic_dataset(tmp_path, "quadruped", "rnd", episodes=1, episode_length=10, seed=0)
     info = DOMAINS["quadruped"]

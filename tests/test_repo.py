@@ -16,7 +16,7 @@ def source_files() -> list[Path]:
 def doc_files() -> list[Path]:
     """Code, configs, scripts and docs of the repository."""
     found = [*source_files(), ROOT / "README.md", ROOT / "Makefile"]
-    for pattern in ("configs/**/*.yaml", "docs/**/*.md", "experiments/*.sh", "scripts/*"):
+    for pattern in ("bfm/configs/**/*.yaml", "docs/**/*.md", "experiments/*.sh", "scripts/*"):
         found += [p for p in ROOT.glob(pattern) if p.is_file()]
     return found
 
@@ -40,18 +40,18 @@ def test_registries_configs_and_defaults_agree() -> None:
 
     import yaml
 
-    import agents
-    import envs
-    import main_exorl
-    import memory
-    from training import config
+    from bfm import agents, envs, memory
+    from bfm.cli import train as main_exorl
+    from bfm.training import config
 
     assert agents.MEMORY_TYPES == tuple(memory.REGISTRY)
     assert config.ALGORITHMS == tuple(agents.AGENTS)
     assert main_exorl.DOMAIN_NAMES == tuple(envs.DOMAINS)
-    yamls = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "configs" / "memory").glob("*.yaml")}
+    yamls = {
+        p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "bfm" / "configs" / "memory").glob("*.yaml")
+    }
     assert set(yamls) == set(memory.REGISTRY)
-    agent_yamls = {p.stem for p in (ROOT / "configs" / "agent").glob("*.yaml")}
+    agent_yamls = {p.stem for p in (ROOT / "bfm" / "configs" / "agent").glob("*.yaml")}
     assert agent_yamls >= set(agents.AGENTS), agent_yamls
     for name, cls in memory.REGISTRY.items():
         default = inspect.signature(cls).parameters["model_dimension"].default
@@ -66,7 +66,7 @@ def test_registries_configs_and_defaults_agree() -> None:
         assert name in help_text
 
 
-# Which of the repository's packages each package may import (no arrow runs back).
+# Which of bfm's subpackages each one may import (no arrow runs back).
 LAYERS = {
     "envs": set(),
     "memory": set(),
@@ -74,14 +74,38 @@ LAYERS = {
     "agents": {"data", "memory"},
     "collection": {"data", "envs"},
     "training": {"agents", "data", "envs", "memory"},
+    "cli": {"agents", "collection", "data", "envs", "memory", "training"},
 }
+SUBPACKAGE = re.compile(r"^\s*(?:from bfm\.(\w+)|from bfm import (\w+)|import bfm\.(\w+))", re.MULTILINE)
 
 
 def test_packages_import_only_the_layers_below() -> None:
-    pattern = re.compile(r"^\s*(?:from|import) (" + "|".join(LAYERS) + r")\b", re.MULTILINE)
     wrong = []
     for package, allowed in LAYERS.items():
-        for path in sorted((ROOT / package).rglob("*.py")):
-            used = set(pattern.findall(path.read_text())) - {package}
-            wrong += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(used - allowed)]
+        for path in sorted((ROOT / "bfm" / package).rglob("*.py")):
+            used = {name for match in SUBPACKAGE.findall(path.read_text()) for name in match if name}
+            wrong += [
+                f"{path.relative_to(ROOT)} imports {name}" for name in sorted(used - allowed - {package})
+            ]
     assert not wrong, wrong
+    assert set(LAYERS) == {p.name for p in (ROOT / "bfm").iterdir() if (p / "__init__.py").exists()}
+
+
+def test_code_imports_bfm_not_bare_subpackage_names() -> None:
+    """A bare ``import agents`` would pick up a user's own module of that name."""
+    bare = re.compile(r"^\s*(?:from|import) (" + "|".join(LAYERS) + r")\b", re.MULTILINE)
+    wrong = [str(p.relative_to(ROOT)) for p in source_files() if bare.search(p.read_text())]
+    assert not wrong, wrong
+
+
+def test_console_scripts_name_the_root_scripts_programs() -> None:
+    """pyproject's console scripts call the functions the root scripts call."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"main_exorl", "exorl_reformatter", "plot_results"}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+        assert f"from {module} import {function}" in (ROOT / f"{name}.py").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import plot_results
+from bfm.cli import report as plot_results
 
 
 def write_run(

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from data.batch import BatchSpec, LabelledWindows
-from training import checkpoint as agent_checkpoint
-from training.checkpoint import latest_checkpoint
-from training.config import RunConfig
-from training.evaluation import Evaluator, iqm
-from training.logger import CSVWriter, MetricLogger
-from training.trainer import NonFiniteLossError, Trainer
+from bfm.data.batch import BatchSpec, LabelledWindows
+from bfm.training import checkpoint as agent_checkpoint
+from bfm.training.checkpoint import latest_checkpoint
+from bfm.training.config import RunConfig
+from bfm.training.evaluation import Evaluator, iqm
+from bfm.training.logger import CSVWriter, MetricLogger
+from bfm.training.trainer import NonFiniteLossError, Trainer
 
 OBS, ACT, D = 3, 2, 4
 
@@ -204,10 +204,10 @@ def test_resume_on_another_device_type_reseeds_generators(
 ) -> None:
     """A checkpoint from a GPU run (16-byte CUDA generator states) resumes on the CPU: weights and
     optimizers restored, torch generators reseeded deterministically, a warning logged."""
-    from agents import make_agent
-    from collection import make_synthetic_dataset
-    from data import SequenceBuffer
-    from training.checkpoint import load_checkpoint, save_checkpoint
+    from bfm.agents import make_agent
+    from bfm.collection import make_synthetic_dataset
+    from bfm.data import SequenceBuffer
+    from bfm.training.checkpoint import load_checkpoint, save_checkpoint
 
     path = make_synthetic_dataset(tmp_path / "data", "walker", episodes=2, episode_length=20, seed=0)
     config = {"hidden_dim": 16, "head_hidden_dim": 16, "z_dim": 4,

@@ -1,0 +1,215 @@
+"""What FB and HILP agents share: acting (sliding window and carried state), task inference
+plumbing, checkpoints of state, and the ``inference`` decorator (no_grad + eval mode)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from bfm.data.batch import Batch
+
+from bfm.agents.config import RepresentationConfig
+from bfm.agents.networks import Actor, State, project_to_sphere, sample_action
+from bfm.agents.optim import last_rows
+
+
+class AgentBase:
+    """The acting half shared by FB and HILP agents; subclasses build ``self.model`` and update.
+
+    The model must have ``forward_map`` (F or psi, a ``ForwardMap``) and ``actor`` (an ``Actor``)
+    and implement ``infer_z``; the agent must have ``target_forward``.
+    """
+
+    name: str
+    seed: int
+    config: RepresentationConfig
+    model: nn.Module
+    device: torch.device
+
+    @property
+    def batch_spec(self) -> Any:
+        """What this algorithm's training batches hold (``data.batch.BatchSpec``, from its config)."""
+        return self.config.batch_spec()
+
+    def _setup_generator(self) -> None:
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator, device=self.device)
+
+    def _z_draws(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random parts of z sampling, in this order: sphere z [n, d], a batch permutation [n],
+        and the rows [n, 1] (a ``z_mix_ratio`` fraction) that take a goal's z instead."""
+        z = project_to_sphere(self._randn(n, self.config.z_dim))  # [n, d]
+        perm = torch.randperm(n, generator=self.generator, device=self.device)  # [n]
+        mix = (
+            torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
+        )  # [n, 1]
+        return z, perm, mix
+
+    def next_policy(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """mu = pi(h_{t+1}, z) [n, A] with gradient, shared by the target action and the actor loss."""
+        rec = self.model.actor.recurrent
+        obs = last_rows(batch.obs_window[:, 1:], rec)  # [n, L_F or 1, o]
+        prev = last_rows(batch.prev_action_window[:, 1:], rec)  # [n, L_F or 1, a]
+        return self.model.actor(obs, prev, z)
+
+    def target_forward_next(
+        self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Target F / psi heads [2, n, d] (fp32) at (h_{t+1}, a', z), a' = next_mu [n, A] plus clipped noise."""
+        cfg, rec = self.config, self.model.forward_map.recurrent
+        next_action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
+        act_next = torch.cat([batch.prev_action_window[:, 2:], next_action[:, None]], dim=1)  # [n, L_F, a]
+        obs_next = last_rows(batch.obs_window[:, 1:], rec)  # [n, L_F or 1, o]
+        return self.target_forward(obs_next, last_rows(act_next, rec), z).float()  # [2, n, d]
+
+    def policy_q(
+        self, batch: Batch, z: torch.Tensor, next_mu: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """min_k F_k(h_{t+1}, a, z) . z [n], a = next_mu [n, A] plus clipped noise, reparameterised.
+
+        Only the last token of F's window depends on a: with memory, the prefix is encoded
+        without gradients (``memory.encode``) and the last token is stepped with gradients,
+        which gives the same actor gradient as encoding the whole window.
+        """
+        cfg, fmap = self.config, self.model.forward_map
+        action = sample_action(next_mu, noise, cfg.actor_std, cfg.actor_clip)  # [n, A]
+        obs_next = batch.obs_window[:, -1]  # [n, o]
+        with self._autocast():
+            with torch.no_grad():
+                state = fmap.prefix_state(batch.obs_window[:, 1:-1], batch.prev_action_window[:, 2:])
+            features, _ = fmap.step_features(obs_next, action, state)  # [n, hidden]
+            F = fmap.heads_from_features(features, obs_next, z).float()  # [2, n, d]
+        return (F * z[None]).sum(-1).min(dim=0).values  # [n]
+
+    def act(
+        self, obs_window: torch.Tensor, prev_action_window: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """Deterministic actions mu (sliding-window mode). See the model's ``act``."""
+        return self.model.act(obs_window, prev_action_window, z)
+
+    def initial_actor_state(self, n: int) -> State | None:
+        """Carry-mode actor state for n episodes (None without memory)."""
+        return self.model.actor.initial_state(n, self.device)
+
+    def act_step(
+        self, obs: torch.Tensor, prev_action: torch.Tensor, z: torch.Tensor, state: State | None
+    ) -> tuple[torch.Tensor, State | None]:
+        """Carry mode: one step from a carried state. See the model's ``act_step``."""
+        return self.model.act_step(obs, prev_action, z, state)
+
+    def infer_z(
+        self, goal_window: torch.Tensor, goal_action_window: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Zero-shot task inference. See the model's ``infer_z``."""
+        return self.model.infer_z(goal_window, goal_action_window, reward)
+
+    # Subclasses list what they own.
+    def _modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: networks, targets, optimizers, generator state."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self._modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self._optimizers().items()},
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned (strict)."""
+        for k, m in self._modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self._optimizers().items():
+            if k in state.get("optimizers", {}):
+                o.load_state_dict(state["optimizers"][k])
+        if "generator" in state:
+            self.generator.set_state(state["generator"].cpu())
+
+
+def inference(method: Callable) -> Callable:
+    """Decorator for model inference methods: no_grad and eval mode (dropout off), restored after."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
+class InferenceMixin:
+    """Acting API shared by the FB and HILP models (``self.actor`` is an ``Actor``)."""
+
+    actor: Actor
+    config: RepresentationConfig
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device  # type: ignore[attr-defined]
+
+    @inference
+    def act(
+        self, obs_window: torch.Tensor, prev_action_window: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """Deterministic actions from windows (the sliding-window rollout mode, as in training).
+
+        Args:
+            obs_window: [N, L_F, o] the last L_F F-stream observations, the last row o_t
+                (slots before the episode start padded as in training).
+            prev_action_window: [N, L_F, a] the action that led to each row (zeros at the start).
+            z: [N, d] or [d].
+
+        Returns:
+            mu [N, a].
+        """
+        dev = self._device()
+        n = obs_window.shape[0]
+        z = z.to(dev).expand(n, -1) if z.dim() == 1 else z.to(dev)
+        recurrent = self.actor.recurrent
+        obs = last_rows(obs_window, recurrent).to(dev)
+        prev = last_rows(prev_action_window, recurrent).to(dev)
+        return self.actor(obs, prev, z)
+
+    @inference
+    def act_step(
+        self, obs: torch.Tensor, prev_action: torch.Tensor, z: torch.Tensor, state: State | None
+    ) -> tuple[torch.Tensor, State | None]:
+        """Carry mode: feeds obs [N, o] with the action that led to it [N, a] (zeros at the
+        first step); returns (mu [N, a], new state). Start from ``actor.initial_state(N)``."""
+        dev = self._device()
+        z = z.to(dev).expand(obs.shape[0], -1) if z.dim() == 1 else z.to(dev)
+        return self.actor.step(obs.to(dev), prev_action.to(dev), z, state)
+
+    def _goal_windows_in_chunks(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        recurrent: bool,
+        goal_window: torch.Tensor,
+        goal_action_window: torch.Tensor,
+    ) -> torch.Tensor:
+        """fn over windows [N, L, .] (their last rows when not ``recurrent``), ``config.inference_chunk``
+        rows at a time moved to the model's device, concatenated to [N, ...]."""
+        g, a = last_rows(goal_window, recurrent), last_rows(goal_action_window, recurrent)
+        chunk, device = self.config.inference_chunk, self._device()
+        outs = [
+            fn(g[i : i + chunk].to(device), a[i : i + chunk].to(device)) for i in range(0, g.shape[0], chunk)
+        ]
+        return torch.cat(outs, dim=0)

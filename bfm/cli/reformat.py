@@ -1,0 +1,217 @@
+"""Download, collect and reformat ExORL datasets into ``<data_dir>/<domain>/<algo>/buffer/dataset.npz``.
+
+    python exorl_reformatter.py walker_rnd [cheetah_rnd ...] [--data_dir datasets] [--episodes N]
+    python exorl_reformatter.py walker_rnd --collect --collect_steps 200000 --multiplier 1.5
+    python exorl_reformatter.py walker_rnd --collect --explorer cpu --collect_steps 300000
+
+For each DOMAIN_ALGO pair: if raw episode files exist in ``<data_dir>/<domain>/<algo>/buffer/``
+they are reformatted; otherwise the public ExORL archive is downloaded (resumable), extracted and
+reformatted; with ``--collect`` the episodes are generated locally (``random`` or ``rnd``) first.
+``--explorer cpu`` shrinks the RND explorer so that a 2-core CPU collects in minutes, not days.
+Rewards of every task of the domain with a reward function (``DOMAINS[domain].reward_tasks``) are
+relabelled from the stored physics. Running it again with nothing new does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bfm.collection import COLLECT_ALGOS, RND_PRESETS, collect, rnd_config
+from bfm.data.download import (
+    EXORL_ALGOS,
+    EXORL_BASE_URL,
+    DownloadError,
+    archive_url,
+    download,
+    extract_archive,
+)
+from bfm.data.exorl import (
+    EPISODE_SELECTIONS,
+    DatasetError,
+    buffer_dir,
+    dataset_path,
+    list_episode_files,
+    read_manifest,
+)
+from bfm.data.reformat import DOWNLOAD_FILE, reformat
+
+logger = logging.getLogger("exorl_reformatter")
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    """Split ``walker_rnd`` / ``quadruped_icm_apt`` into (domain, algo) by the known domain prefix."""
+    from bfm.envs import DOMAINS
+
+    for domain in sorted(DOMAINS, key=len, reverse=True):
+        if pair.startswith(domain + "_") and len(pair) > len(domain) + 1:
+            return domain, pair[len(domain) + 1 :]
+    raise argparse.ArgumentTypeError(
+        f"{pair!r} is not DOMAIN_ALGO with DOMAIN in {', '.join(DOMAINS)} (e.g. walker_rnd)"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "pairs", nargs="+", type=parse_pair, metavar="DOMAIN_ALGO", help="e.g. walker_rnd cheetah_rnd"
+    )
+    parser.add_argument("--data_dir", default="datasets", help="dataset root (default: datasets)")
+    parser.add_argument(
+        "--episodes", type=positive_int, default=None, help="keep N of the episodes (default: all)"
+    )
+    parser.add_argument(
+        "--episode_selection",
+        choices=EPISODE_SELECTIONS,
+        default="spread",
+        help="which N episodes --episodes keeps: spread evenly over the collection (default) or the first N",
+    )
+    parser.add_argument(
+        "--delete_raw", action="store_true", help="delete the raw episode files after reformatting"
+    )
+    parser.add_argument(
+        "--base_url", default=EXORL_BASE_URL, help=f"archive host (default: {EXORL_BASE_URL})"
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count(), help="processes for relabelling"
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="collect the episodes locally instead of downloading"
+    )
+    parser.add_argument(
+        "--collect_steps", type=positive_int, default=1_000_000, help="environment steps to collect"
+    )
+    parser.add_argument(
+        "--episode_length", type=positive_int, default=1000, help="transitions per collected episode"
+    )
+    parser.add_argument(
+        "--multiplier", type=float, default=1.0, help="mass and damping multiplier of collection"
+    )
+    parser.add_argument(
+        "--explorer",
+        choices=sorted(RND_PRESETS),
+        default="urlb",
+        help="RND explorer size: urlb (URLB's, a GPU job) or cpu (small, for a 2-core CPU); default urlb",
+    )
+    parser.add_argument(
+        "--rnd_hidden_dim", type=positive_int, help="RND explorer width (overrides --explorer)"
+    )
+    parser.add_argument(
+        "--rnd_batch_size", type=positive_int, help="RND explorer batch size (overrides --explorer)"
+    )
+    parser.add_argument(
+        "--rnd_update_every",
+        type=positive_int,
+        help="environment steps per RND explorer update (overrides --explorer)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="collection seed")
+    parser.add_argument("--device", default="cpu", help="torch device of the RND explorer")
+    parser.add_argument(
+        "--torch_threads",
+        type=positive_int,
+        default=1,
+        help="CPU threads of the RND explorer (default 1: its small matmuls gain nothing from a second "
+        "thread, and two threads collapse when another process holds a core)",
+    )
+    return parser
+
+
+def explorer_config(args: argparse.Namespace):
+    """The RND explorer settings: the ``--explorer`` preset with the ``--rnd_*`` flags applied."""
+    return rnd_config(
+        args.explorer,
+        hidden_dim=args.rnd_hidden_dim,
+        batch_size=args.rnd_batch_size,
+        update_every_steps=args.rnd_update_every,
+    )
+
+
+def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
+    """Make ``dataset.npz`` of one pair: collect or download if needed, then reformat."""
+    folder = buffer_dir(args.data_dir, domain, algo, args.multiplier)
+    out = dataset_path(args.data_dir, domain, algo, args.multiplier)
+    source: dict | None = None
+    if args.collect:
+        if algo not in COLLECT_ALGOS:
+            raise DatasetError(f"--collect supports {', '.join(COLLECT_ALGOS)}, not {algo!r}")
+        collect(
+            folder,
+            domain,
+            algo,
+            args.collect_steps,
+            args.seed,
+            args.multiplier,
+            args.episode_length,
+            rnd_config=explorer_config(args),
+            device=args.device,
+        )
+        source = {"kind": "collected"}
+    else:
+        archive = Path(args.data_dir) / domain / f"{algo}.zip"
+        if not list_episode_files(folder) or archive.is_file():
+            if out.is_file() and not archive.is_file():
+                read_manifest(out)  # raises on a corrupt or foreign file
+                logger.info("%s exists and there are no raw episodes; nothing to do", out)
+                return out
+            if args.multiplier != 1.0:
+                raise DatasetError(
+                    f"no raw episodes in {folder}; changed-dynamics data is not public, collect it with:\n"
+                    f"    python exorl_reformatter.py {domain}_{algo} --collect --multiplier {args.multiplier:g}"
+                )
+            if algo not in EXORL_ALGOS:
+                raise DatasetError(
+                    f"no raw episodes in {folder} and ExORL publishes no {algo!r} dataset; "
+                    f"ExORL datasets: {', '.join(EXORL_ALGOS)} (or collect one: --collect with "
+                    "random or rnd)"
+                )
+            url = archive_url(args.base_url, domain, algo)
+            download(url, archive)
+            extract_archive(archive, folder.parent)
+            source = {"kind": "exorl-download", "url": url}
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / DOWNLOAD_FILE).write_text(json.dumps(source))
+            archive.unlink()
+    return reformat(
+        folder, domain, algo, multiplier=args.multiplier, episodes=args.episodes, source=source,
+        workers=args.workers, delete_raw=args.delete_raw,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "OpenGL"):  # MuJoCo / OpenGL backend chatter at import
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    status = 0
+    for domain, algo in args.pairs:
+        try:
+            path = process(domain, algo, args)
+            logger.info("%s_%s ready: %s", domain, algo, path)
+        except (DatasetError, DownloadError, ValueError) as e:
+            logger.error("%s_%s: %s", domain, algo, e)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""Train and evaluate behaviour foundation models with memory (FB-M, HILP-M) on ExORL data.
+
+    python main_exorl.py ALGORITHM DOMAIN DATASET [flags] [key=value ...] [-m]
+    python main_exorl.py fb_m walker_flickering rnd --memory_type=gru --eval_task stand run walk flip
+    python main_exorl.py fb_m walker_flickering rnd experiment=smoke -m seed=0,1 memory=gru,transformer
+
+The paper-style flags (those of the official code's README) are translated into hydra overrides of the config
+groups in ``bfm/configs/`` (agent, memory, env, train, logger, experiment); any hydra override and
+``-m`` (multirun; ``hydra/launcher=joblib`` runs jobs in parallel, ``hydra/launcher=submitit_slurm``
+on a cluster) may follow. Every job's config is composed and checked before the first one starts:
+bad input exits with code 2 and one line naming the problem and the accepted values.
+
+This is the only module that imports hydra; ``bfm.training`` receives plain dataclasses
+(``bfm.training.config.RunConfig``). Its imports load torch and dm_control, so ``--help`` takes
+about 3 s (the choices and help texts come from the registries and the config classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import itertools
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bfm import agents, envs
+from bfm.agents import MEMORY_TYPES
+from bfm.training import builders, run_dir
+from bfm.training import config as tc
+from bfm.training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
+from bfm.training.logger import MetricLogger
+from bfm.training.trainer import NonFiniteLossError, Trainer, seed_everything
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("main_exorl")
+
+# flag -> (hydra key, kind). kind: value (key=value, quoted when needed), list (key=[a,b]),
+# group (a config group option, already checked by _check_choices; a comma list sweeps with -m),
+# logger (the logger group: wandb when the flag is on, csv when off).
+FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
+    "memory_type": ("memory", "group"),
+    "history_length": ("agent.memory.history_length", "value"),
+    "backward_history_length": ("agent.memory.backward_history_length", "value"),
+    "model_dimension": ("agent.memory.model_dimension", "value"),
+    "recurrent_F": ("agent.recurrent_F", "value"),
+    "recurrent_B": ("agent.recurrent_B", "value"),
+    "eval_tasks": ("env.eval_tasks", "list"),
+    "flickering_prob": ("env.flickering_prob", "value"),
+    "noise_std": ("env.noise_std", "value"),
+    "missing_sensor_prob": ("env.missing_sensor_prob", "value"),
+    "train_multipliers": ("env.train_multipliers", "list"),
+    "eval_multipliers": ("env.eval_multipliers", "list"),
+    "episodes": ("env.episodes", "value"),
+    "episode_selection": ("env.episode_selection", "value"),
+    "data_dir": ("env.data_dir", "value"),
+    "learning_steps": ("train.learning_steps", "value"),
+    "batch_size": ("train.batch_size", "value"),
+    "eval_frequency": ("train.eval_frequency", "value"),
+    "eval_rollouts": ("train.eval_rollouts", "value"),
+    "z_inference_steps": ("train.z_inference_steps", "value"),
+    "rollout_memory": ("train.rollout_memory", "value"),
+    "seed": ("seed", "value"),
+    "device": ("device", "value"),
+    "run_dir": ("run_dir", "value"),
+    "wandb": ("logger", "logger"),
+}
+
+
+def _flag_help(flag: str) -> str:
+    """A flag's help: the documentation and default of the config field it sets."""
+    return tc.field_help(FLAG_OVERRIDES[flag][0]).replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The paper-style command line (the official code's flags); defaults live in bfm/configs/."""
+    p = argparse.ArgumentParser(
+        prog="main_exorl.py",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr_f=3e-4 experiment=smoke -m seed=0,1,2.",
+    )
+    p.add_argument("algorithm", help=f"{', '.join(ALGORITHMS)} (fb and hilp are memory-free)")
+    p.add_argument(
+        "domain",
+        help=f"{', '.join(DOMAIN_NAMES)}, optionally {'/'.join('_' + v for v in POMDP_VARIANTS)} or _dynamics_X/_rewards_X",
+    )
+    p.add_argument("dataset", help="ExORL exploration algorithm of the dataset (rnd, random, proto, ...)")
+    p.add_argument(
+        "--memory_type",
+        help=f"{', '.join(MEMORY_TYPES)} (default {agents.MemoryConfig.name}; mlp: frame stacking)",
+    )
+    p.add_argument(
+        "--history_length",
+        type=int,
+        help=_flag_help("history_length"),
+    )
+    p.add_argument(
+        "--backward_history_length",
+        type=int,
+        help=_flag_help("backward_history_length"),
+    )
+    p.add_argument("--model_dimension", type=int, help=_flag_help("model_dimension"))
+    p.add_argument(
+        "--recurrent_F", action=argparse.BooleanOptionalAction, default=None, help="memory in F and pi"
+    )
+    p.add_argument("--recurrent_B", action=argparse.BooleanOptionalAction, default=None, help="memory in B")
+    p.add_argument(
+        "--eval_task",
+        "--eval_tasks",
+        dest="eval_tasks",
+        nargs="+",
+        help=_flag_help("eval_tasks"),
+    )
+    for name in ("flickering_prob", "noise_std", "missing_sensor_prob"):
+        p.add_argument(f"--{name}", type=float, help=_flag_help(name))
+    p.add_argument("--train_multipliers", type=float, nargs="+", help=_flag_help("train_multipliers"))
+    p.add_argument("--eval_multipliers", type=float, nargs="+", help=_flag_help("eval_multipliers"))
+    for name in ("learning_steps", "batch_size", "episodes"):
+        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
+    p.add_argument(
+        "--episode_selection",
+        help=_flag_help("episode_selection"),
+    )
+    for name in ("eval_frequency", "eval_rollouts", "z_inference_steps"):
+        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
+    p.add_argument("--rollout_memory", help=_flag_help("rollout_memory"))
+    p.add_argument("--seed", type=int, help=_flag_help("seed"))
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--data_dir", help=_flag_help("data_dir"))
+    p.add_argument(
+        "--run_dir", help="run directory (default runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>)"
+    )
+    p.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log to wandb (offline mode without an account)",
+    )
+    p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="hydra multirun: sweep over comma-separated override values",
+    )
+    return p
+
+
+# Hydra's output directories are derived from run_dir / run_root (bfm/configs/config.yaml).
+HYDRA_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+_PLAIN_PUNCTUATION = str.maketrans("", "", "_-.:/")  # characters hydra accepts unquoted
+
+
+def _hydra_value(value: Any) -> str:
+    """Formats a flag value as a hydra override value (strings quoted when needed)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float | int):
+        return repr(value)
+    text = str(value)
+    return text if text.translate(_PLAIN_PUNCTUATION).isalnum() else repr(text)
+
+
+def translate(argv: list[str]) -> tuple[list[str], bool]:
+    """Turns the command line into (hydra overrides, multirun).
+
+    Tokens of the form ``key=value`` (not starting with ``-``) are passed to hydra unchanged;
+    everything else goes through the paper-style parser.
+
+    Raises:
+        SystemExit: code 2 on flags argparse rejects.
+    """
+    hydra_args = [a for a in argv if "=" in a and not a.startswith("-")]
+    for arg in hydra_args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in HYDRA_DIR_KEYS:
+            _fail(
+                f"{key} is not used: hydra's directories follow the run directory; set it with --run_dir DIR "
+                "(or run_dir=DIR; the root of the default layout and of sweeps with run_root=DIR)",
+                EXIT_BAD_INPUT,
+            )
+    flags = [a for a in argv if a not in hydra_args]
+    hydra_args = [_expand_alias(a) for a in hydra_args]
+    parser = build_parser()
+    args = parser.parse_args(flags)
+    _check_choices(args)
+    overrides = [
+        f"agent={args.algorithm}",
+        f"env.domain={_hydra_value(args.domain)}",
+        f"env.dataset={_hydra_value(args.dataset)}",
+    ]
+    for name, (key, kind) in FLAG_OVERRIDES.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if kind == "list":
+            overrides.append(f"{key}=[{','.join(_hydra_value(v) for v in value)}]")
+        elif kind == "group":
+            overrides.append(f"{key}={value}")
+        elif kind == "logger":
+            overrides.append(f"{key}={'wandb' if value else 'csv'}")
+        else:
+            overrides.append(f"{key}={_hydra_value(value)}")
+    return overrides + hydra_args, args.multirun
+
+
+def _expand_alias(override: str) -> str:
+    """``memory.<field>=...`` is short for ``agent.memory.<field>=...`` (the memory settings live in
+    the agent config; the ``memory`` config group fills them)."""
+    key = override.lstrip("+~")
+    if key.startswith("memory."):
+        return override[: len(override) - len(key)] + "agent." + key
+    return override
+
+
+def _with_flag(message: str) -> str:
+    """Names the paper-style flag after a config key that starts a message
+    (``agent.memory.history_length (--history_length) must be ...``)."""
+    key = message.split(" ", 1)[0]
+    flag = next((f for f, (k, kind) in FLAG_OVERRIDES.items() if k == key and kind == "value"), None)
+    return message.replace(key, f"{key} (--{flag})", 1) if flag else message
+
+
+def _check_choices(args: argparse.Namespace) -> None:
+    """Rejects unknown algorithm and memory names at once (comma lists allowed with -m)."""
+    for what, value, accepted in (
+        ("algorithm", args.algorithm, ALGORITHMS),
+        ("memory type", args.memory_type, MEMORY_TYPES),
+    ):
+        if value is None:
+            continue
+        for name in value.split(",") if args.multirun else [value]:
+            if name not in accepted:
+                _fail(f"unknown {what} {name!r}; accepted: {', '.join(accepted)}", EXIT_BAD_INPUT)
+
+
+def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
+    return memory_label(str(recurrent_F).lower() == "true", str(recurrent_B).lower() == "true", str(memory))
+
+
+def register_configs() -> None:
+    """Registers the structured schemas (training.config dataclasses, the agents' configs) and resolvers."""
+    if not OmegaConf.has_resolver("memory_label"):
+        OmegaConf.register_new_resolver("memory_label", _memory_label)
+    cs = ConfigStore.instance()
+    cs.store(group="env", name="base_env", node=tc.EnvSettings)
+    cs.store(group="train", name="base_train", node=tc.TrainSettings)
+    cs.store(group="logger", name="base_logger", node=tc.LoggerSettings)
+    for name, config_cls in (("base_fb", agents.FBConfig), ("base_hilp", agents.HILPConfig)):
+        cs.store(group="agent", name=name, node=_schema(config_cls))
+
+
+def _schema(config_cls: type) -> Any:
+    """The hydra schema of a config dataclass: the same fields and defaults, nested dataclasses as
+    nested schemas, each type one OmegaConf can check (``_schema_type``).
+
+    The agents' domain-dependent fields (``tc.DOMAIN_DEPENDENT_FIELDS``) default to None here:
+    ``tc.agent_from_dict`` fills in the domain's value unless the user set one.
+    """
+    hints = typing.get_type_hints(config_cls)
+    fields = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = _schema(hints[f.name])
+            fields.append((f.name, nested, dataclasses.field(default_factory=nested)))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = list(default)
+        kind = _schema_type(hints[f.name])
+        if f.name in tc.DOMAIN_DEPENDENT_FIELDS:
+            default = None
+            kind = Optional[kind] if kind is not Any else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
+        fields.append((f.name, kind, dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d))))
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Schema", fields)
+
+
+def _schema_type(hint: Any) -> Any:
+    """The OmegaConf type of a config field: int, float, bool, str (``Literal`` choices: str,
+    checked by the config's own ``__post_init__``), Optional of one of them, a dict, else Any.
+    Floats accept ints."""
+    plain = (int, float, bool, str)
+    if typing.get_origin(hint) is typing.Literal:
+        return str
+    if hint in plain:
+        return hint
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        inner = _schema_type(inner)
+        return Optional[inner] if inner in plain else Any  # noqa: UP045 (OmegaConf reads typing.Optional)
+    if typing.get_origin(hint) is dict:
+        return dict[str, Any]
+    return Any
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a ``-m`` command: the cartesian product of every sweep override's values, in
+    the order hydra's basic sweeper launches them (the first override varies slowest).
+
+    Uses hydra's public override parser (``Override.sweep_string_iterator``).
+    """
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
+    """Composes the resolved config of every job the command would launch."""
+
+    job_overrides = expand_sweep(overrides) if multirun else [overrides]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="main_exorl"):
+            configs = [
+                compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")])
+                for job in job_overrides
+            ]
+            return [OmegaConf.to_container(c, resolve=True) for c in configs]  # type: ignore[misc]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def check_job(values: dict[str, Any]) -> RunConfig:
+    """Everything that can be checked before training: names, numbers, tasks, dataset, run dir.
+
+    Returns:
+        The RunConfig.
+
+    Raises:
+        training.config.ConfigError
+    """
+    cfg = tc.run_config_from_dict(values)
+    tc.validate_names(cfg)
+    setup = builders.make_env(cfg)
+    builders.dataset_paths(cfg, setup.domain)
+    run_dir.check_run_dir(cfg)
+    return cfg
+
+
+def main(cfg: RunConfig) -> dict[str, Any]:
+    """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
+    resume_from = run_dir.check_run_dir(cfg)
+    directory = run_dir.prepare_run_dir(cfg)
+    seed_everything(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    device = builders.resolve_device(cfg.device)
+    setup = builders.make_env(cfg)
+    buffer = builders.make_buffer(cfg, setup, device)
+    agent = builders.make_agent(cfg, buffer, device)
+    logger = MetricLogger(directory, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
+    evaluator = builders.make_evaluator(cfg, setup, buffer, device)
+    trainer = Trainer(
+        cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, setup, buffer)
+    )
+    log.info("run %s on %s (resume from %s)", directory, device, resume_from)
+    results = trainer.run(resume_from)
+    print(format_summary(results))
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The end-of-run table: per task and multiplier, final and best IQM."""
+    lines = [
+        f"\n{results['algorithm']} {results['domain']} {results['dataset']} memory={results['memory']} "
+        f"seed={results['seed']} steps={results['steps']} rollout_memory={results['rollout_memory']}",
+        f"{'task':<16}{'mult':>6}{'final IQM':>12}{'best IQM':>12}{'best at':>10}",
+    ]
+    for task, per_m in results["final"]["iqm"].items():
+        for m, value in per_m.items():
+            best = results["best"]["iqm"][task][m]
+            at = results["best"]["iqm_step"][task][m]
+            lines.append(f"{task:<16}{float(m):>6g}{value:>12.1f}{best:>12.1f}{at:>10}")
+    lines.append(
+        f"{'mean over tasks':<22}{results['final']['mean_iqm']:>12.1f}{results['best']['mean_iqm']:>12.1f}{results['best']['step']:>10}"
+    )
+    return "\n".join(lines)
+
+
+def _task(hydra_cfg: Any) -> dict[str, Any]:
+    """Hydra job entry point: plain dataclasses from here on."""
+    try:
+        cfg = tc.run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
+        return main(cfg)
+    except ConfigError as error:
+        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
+    except NonFiniteLossError as error:
+        _fail(str(error), 1)
+    except KeyboardInterrupt as error:
+        _fail(
+            f"interrupted ({error or 'KeyboardInterrupt'}); rerun the same command to continue from the last checkpoint",
+            EXIT_INTERRUPTED,
+        )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"main_exorl.py: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Parses, checks every job, then hands over to hydra (single run or multirun)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, multirun = translate(argv)
+    register_configs()
+
+    try:
+        seen: dict[str, int] = {}
+        for index, values in enumerate(compose_jobs(overrides, multirun)):
+            cfg = check_job(values)
+            if cfg.run_dir in seen:
+                raise ConfigError(
+                    f"sweep jobs {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
+                )
+            seen[cfg.run_dir] = index
+    except ConfigError as error:
+        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
+    except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
+        _fail(_one_line(error), EXIT_BAD_INPUT)
+
+    # hydra.main reads its overrides from sys.argv: hydra has no public API that hands a list of
+    # overrides to its launchers (joblib, submitit), so the translated command line goes there
+    # for the call and the original comes back after it.
+    original = sys.argv
+    sys.argv = [original[0], *overrides, *(["--multirun"] if multirun else [])]
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
+    finally:
+        sys.argv = original
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's composition errors, reduced to one line (with the options or the cause)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if "Available options" in str(error):
+        cut = lines.index("Config search path:") if "Config search path:" in lines else len(lines)
+        options = [o for o in lines[2:cut] if not o.startswith("base_")]
+        return f"{first}; accepted: {', '.join(options)}"
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first.rstrip(".")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,176 @@
+"""Builders that turn a RunConfig into the objects of a run: transforms, buffer, agent, evaluator.
+
+Each builder is small and has one job, so ``main_exorl.main`` reads like a table of contents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bfm import agents, envs
+from bfm.data import SequenceBuffer, dataset_path
+from bfm.data.exorl import create_command
+from bfm.training.config import ConfigError, RunConfig
+from bfm.training.evaluation import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EnvSetup:
+    """The environment side of a run.
+
+    Attributes:
+        domain: base domain (walker, cheetah, quadruped).
+        variant: POMDP variant or None.
+        dynamics_transform: transform of the F/pi stream (dataset and evaluation observations).
+        rewards_transform: transform of the B stream (dataset goals, task inference).
+        tasks: evaluation tasks.
+    """
+
+    domain: str
+    variant: str | None
+    dynamics_transform: Any
+    rewards_transform: Any
+    tasks: list[str]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_env(cfg: RunConfig) -> EnvSetup:
+    """Parses the domain string and builds the two POMDP stream transforms.
+
+    Raises:
+        ConfigError: unknown domain or task.
+    """
+    try:
+        spec = envs.parse_domain(cfg.env.domain)
+        dynamics, rewards = envs.make_stream_transforms(
+            cfg.env.domain,
+            flickering_prob=cfg.env.flickering_prob,
+            noise_std=cfg.env.noise_std,
+            missing_sensor_prob=cfg.env.missing_sensor_prob,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    info = envs.DOMAINS[spec.domain]
+    known = info.reward_tasks  # the paper's tasks (the default) and any other task with a reward
+    tasks = list(cfg.env.eval_tasks) or list(info.tasks)
+    for task in tasks:
+        if task not in known:
+            raise ConfigError(f"unknown task {task!r} for domain {spec.domain}; accepted: {', '.join(known)}")
+    return EnvSetup(spec.domain, spec.variant, dynamics, rewards, tasks)
+
+
+def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
+    """The reformatted dataset file of every training multiplier.
+
+    Raises:
+        ConfigError: a dataset file is missing (names the path and how to make it).
+    """
+    paths = [
+        Path(dataset_path(cfg.env.data_dir, domain, cfg.env.dataset, m)) for m in cfg.env.train_multipliers
+    ]
+    for path, m in zip(paths, cfg.env.train_multipliers, strict=True):
+        if not path.exists():
+            raise ConfigError(
+                f"missing dataset {path} (domain {domain}, dataset {cfg.env.dataset}, multiplier {m:g}); "
+                f"create it with `{create_command(path)}` or pass --data_dir"
+            )
+    return paths
+
+
+def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> SequenceBuffer:
+    """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load)."""
+    return SequenceBuffer(
+        dataset_paths(cfg, setup.domain),
+        setup.domain,
+        episodes=cfg.env.episodes,
+        history_length=cfg.history_length,
+        backward_history_length=cfg.backward_history_length,
+        dynamics_transform=setup.dynamics_transform,
+        rewards_transform=setup.rewards_transform,
+        seed=cfg.seed,
+        device=device,
+        resample_per_batch=cfg.env.resample_per_batch,
+        pad_with_zeros=cfg.env.pad_with_zeros,
+        tasks=setup.tasks,
+        episode_selection=cfg.env.episode_selection,
+    )
+
+
+def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:
+    """Builds the agent for the buffer's observation, goal and action dimensions."""
+    return agents.make_agent(
+        cfg.agent.name, buffer.obs_dim, buffer.goal_dim, buffer.action_dim, cfg.agent, device, seed=cfg.seed
+    )
+
+
+def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Evaluator:
+    """An Evaluator over one BatchedEvalEnv of every task x multiplier x rollout."""
+
+    def make_eval_env(seed: int) -> Any:
+        return envs.BatchedEvalEnv(
+            setup.domain,
+            setup.tasks,
+            cfg.env.eval_multipliers,
+            cfg.train.eval_rollouts,
+            setup.dynamics_transform,
+            seed,
+        )
+
+    return Evaluator(
+        make_eval_env,
+        buffer,
+        setup.tasks,
+        history_length=cfg.history_length,
+        action_dim=buffer.action_dim,
+        z_inference_steps=cfg.train.z_inference_steps,
+        rollout_memory=cfg.train.rollout_memory,
+        episode_length=cfg.train.eval_episode_length,
+        pad_with_zeros=cfg.env.pad_with_zeros,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def provenance(cfg: RunConfig, setup: EnvSetup, buffer: Any) -> dict[str, Any]:
+    """Where the training data came from: files, episodes used, and the dataset manifest(s)."""
+    manifest = getattr(buffer, "manifest", None)
+    return {
+        "paths": [str(p) for p in dataset_paths(cfg, setup.domain)],
+        "dataset": cfg.env.dataset,
+        "episodes_requested": cfg.env.episodes,
+        "episode_selection": cfg.env.episode_selection,
+        "train_multipliers": list(cfg.env.train_multipliers),
+        "manifest": _jsonable(manifest),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Best-effort conversion of a manifest to JSON types (numpy scalars and arrays, paths).
+
+    Lists longer than 20 items (per-episode file names, checksums) are summarised by their count,
+    first and last items, so results.json stays small for 10,000-episode datasets.
+    """
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not isinstance(value, str | int | float | bool):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        if len(value) > 20:
+            return {"count": len(value), "first": _jsonable(value[0]), "last": _jsonable(value[-1])}
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

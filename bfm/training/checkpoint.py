@@ -1,0 +1,294 @@
+"""Checkpoints: the agent (config JSON, safetensors weights, optimizer and generator states) and
+the trainer state around it.
+
+An agent directory holds
+
+- ``agent.json``: algorithm name, dimensions, generator seed and the resolved agent config;
+- ``weights.safetensors``: every network and target (``<module>.<parameter>`` keys);
+- ``optimizers.pt``: optimizer states and the agent generator's state (``torch.save``).
+
+``load_agent(dir, device)`` rebuilds the agent with ``agents.make_agent`` and restores all three,
+so a loaded agent acts identically and resumes training where it stopped; ``restore_agent(agent,
+dir)`` loads into an existing agent.
+
+A training checkpoint is a directory ``<run_dir>/checkpoints/step_<step>/`` holding the agent
+directory and ``trainer.pt`` (step, device type, RNG states of torch / numpy / python and of the
+buffer's generators). It is written to a temporary directory first and renamed into place;
+``checkpoints/latest`` names the newest complete one and is replaced atomically, so a run killed at
+any moment leaves a loadable checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from bfm.agents import make_agent
+from bfm.agents.config import upgrade_flat
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, WEIGHTS_FILE, OPTIMIZERS_FILE = "agent.json", "weights.safetensors", "optimizers.pt"
+CHECKPOINT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+def save_agent(directory: str | Path, agent: Any) -> Path:
+    """Writes ``agent`` (an FB or HILP agent) into ``directory`` (created if needed).
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "name": agent.name,
+        "obs_dim": agent.obs_dim,
+        "goal_dim": agent.goal_dim,
+        "action_dim": agent.action_dim,
+        "seed": agent.seed,
+        "config": dataclasses.asdict(agent.config),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    state = agent.state_dict()
+    weights = {
+        f"{module}.{key}": tensor.detach().cpu().contiguous().clone()
+        for module, module_state in state["modules"].items()
+        for key, tensor in module_state.items()
+    }
+    save_file(weights, str(directory / WEIGHTS_FILE))
+    torch.save(
+        {"optimizers": state["optimizers"], "generator": state["generator"]}, directory / OPTIMIZERS_FILE
+    )
+    return directory
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / required).is_file():
+            raise FileNotFoundError(f"{directory / required} not found: not an agent checkpoint directory")
+    return json.loads((directory / CONFIG_FILE).read_text())
+
+
+def load_agent(directory: str | Path, device: torch.device | str = "cpu") -> Any:
+    """Rebuilds the agent saved in ``directory`` on ``device``.
+
+    Optimizer states are restored when ``optimizers.pt`` exists (a weights-only checkpoint still
+    loads for evaluation).
+
+    Raises:
+        FileNotFoundError: when ``agent.json`` or ``weights.safetensors`` is missing.
+    """
+    meta = _read_meta(Path(directory))
+    config = meta["config"]
+    seed = meta.get("seed", config.get("seed", 0))  # earlier checkpoints kept it in the config
+    config = upgrade_flat(config)  # and the memory settings beside the other fields
+    agent = make_agent(
+        meta["name"], meta["obs_dim"], meta["goal_dim"], meta["action_dim"], config, device, seed=seed
+    )
+    return restore_agent(agent, directory)
+
+
+def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = True) -> Any:
+    """Restores the checkpoint in ``directory`` into ``agent`` (same algorithm and sizes), on the
+    agent's own device, and returns it.
+
+    Args:
+        agent: the agent to load into.
+        directory: an agent directory written by ``save_agent``.
+        restore_generator: also restore the agent's random generator (False when the checkpoint
+            comes from another device type, whose generator states do not fit).
+    """
+    directory = Path(directory)
+    _read_meta(directory)
+    device = agent.device
+    flat = load_file(str(directory / WEIGHTS_FILE), device=str(torch.device(device)))
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        module, name = key.split(".", 1)
+        modules.setdefault(module, {})[name] = tensor
+    state: dict[str, Any] = {"modules": modules, "optimizers": {}}
+    if (directory / OPTIMIZERS_FILE).is_file():
+        state.update(
+            torch.load(directory / OPTIMIZERS_FILE, map_location=torch.device(device), weights_only=True)
+        )
+    if not restore_generator:
+        state.pop("generator", None)
+    agent.load_state_dict(state)
+    return agent
+
+
+def generator_states(obj: Any, prefix: str = "", depth: int = 2) -> dict[str, Any]:
+    """States of every torch / numpy generator reachable from ``obj``'s attributes.
+
+    Walks public and private attributes (and one level of nested plain objects such as
+    transforms), so buffers and agents need no special API to have their randomness saved.
+
+    Returns:
+        dotted attribute path -> generator state.
+    """
+    states: dict[str, Any] = {}
+    for name, value in vars(obj).items() if hasattr(obj, "__dict__") else []:
+        path = f"{prefix}{name}"
+        if isinstance(value, torch.Generator):
+            states[path] = ("torch", value.get_state())
+        elif isinstance(value, np.random.Generator):
+            states[path] = ("numpy", value.bit_generator.state)
+        elif isinstance(value, np.random.RandomState):
+            states[path] = ("numpy_legacy", value.get_state())
+        elif (
+            depth > 0
+            and not isinstance(value, torch.nn.Module | torch.Tensor | np.ndarray)
+            and hasattr(value, "__dict__")
+        ):
+            states.update(generator_states(value, f"{path}.", depth - 1))
+    return states
+
+
+def set_generator_states(obj: Any, states: dict[str, Any]) -> None:
+    """Restores what :func:`generator_states` captured."""
+    for path, (kind, state) in states.items():
+        target = obj
+        for name in path.split("."):
+            target = getattr(target, name)
+        if kind == "torch":
+            target.set_state(state)
+        elif kind == "numpy":
+            target.bit_generator.state = state
+        else:
+            target.set_state(state)
+
+
+def global_rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy's legacy global generator and ``random``."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restores :func:`global_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _buffer_state(buffer: Any) -> dict[str, Any]:
+    """The buffer's generator states (its own ``state_dict`` when it has one)."""
+    return buffer.state_dict() if hasattr(buffer, "state_dict") else generator_states(buffer)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINT_DIR / "latest"
+    if not pointer.exists():
+        return None
+    path = Path(run_dir) / CHECKPOINT_DIR / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, agent: Any, buffer: Any, extra: dict[str, Any] | None = None
+) -> Path:
+    """Writes a complete checkpoint atomically and prunes old ones.
+
+    Args:
+        run_dir: run directory.
+        step: gradient steps done.
+        agent: the agent (``save_agent`` writes weights, optimizers and config).
+        buffer: the sequence buffer (its generators are saved).
+        extra: more trainer state (picklable) to restore on resume.
+
+    Returns:
+        The checkpoint directory.
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:09d}"
+    tmp = root / f".tmp_{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_agent(tmp / "agent", agent)
+    state = {
+        "step": step,
+        "device_type": torch.device(agent.device).type,
+        "global_rng": global_rng_state(),
+        "buffer_rng": _buffer_state(buffer),
+        "extra": extra or {},
+    }
+    torch.save(state, tmp / "trainer.pt")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = root / ".latest.tmp"
+    pointer_tmp.write_text(name)
+    os.replace(pointer_tmp, root / "latest")
+    _prune(root, keep=name)
+    log.info("checkpoint written: %s", final)
+    return final
+
+
+def _prune(root: Path, keep: str) -> None:
+    """Keeps the newest ``KEEP_CHECKPOINTS`` checkpoints (always the one just written)."""
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for path in steps[:-KEEP_CHECKPOINTS]:
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _reseed(generator: torch.Generator, step: int) -> None:
+    """Deterministically reseeds ``generator`` from its initial seed and the step."""
+    seed = np.random.SeedSequence([generator.initial_seed(), step]).generate_state(1, np.uint64)[0]
+    generator.manual_seed(int(seed >> 1))
+
+
+def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
+    """Restores the agent (with its generator), the buffer's generators and the global RNGs.
+
+    A checkpoint written on another device type (a GPU run resumed on a CPU, or the reverse) holds
+    torch generator states that do not fit this device's generators: the weights, optimizers and
+    numpy / python RNGs are restored, the torch generators of the agent and the buffer are
+    reseeded from (their seed, step), and a warning says that the batch sequence now differs from
+    an uninterrupted run.
+
+    Returns:
+        The trainer state (``step``, ``extra``).
+    """
+    state = torch.load(Path(path) / "trainer.pt", weights_only=False)
+    here = torch.device(agent.device).type
+    same_device = state.get("device_type", here) == here
+    restore_agent(agent, Path(path) / "agent", restore_generator=same_device)
+    buffer_state = state["buffer_rng"]
+    if not same_device:
+        log.warning(
+            "checkpoint %s was written on %s, resuming on %s: torch generators reseeded, so batches "
+            "differ from an uninterrupted run", path, state["device_type"], here,
+        )  # fmt: skip
+        _reseed(agent.generator, state["step"])
+        for name in ("generator", "labelled_generator"):
+            if hasattr(buffer, name):
+                _reseed(getattr(buffer, name), state["step"])
+                buffer_state = {k: v for k, v in buffer_state.items() if k != name}
+    if hasattr(buffer, "load_state_dict"):
+        buffer.load_state_dict(buffer_state)
+    else:
+        set_generator_states(buffer, buffer_state)
+    global_rng = dict(state["global_rng"])
+    if not same_device:
+        global_rng.pop("cuda", None)
+    set_global_rng_state(global_rng)
+    log.info("resumed from %s (step %d)", path, state["step"])
+    return state
