@@ -129,6 +129,22 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             "unknown algorithm 'hilp_x'; accepted: fb, fb_m, hilp, hilp_m",
         ),
         (["fb_m", "walker", "rnd", "memory.bogus=1"], "Key 'bogus' not in"),
+        (["fb_m", "walker", "rnd", "--seed", "-1"], "seed (--seed) must be >= 0, got -1"),
+        (
+            ["fb_m", "walker", "rnd", "--history_length", "1000000000"],
+            "history lengths must be <= 1000 (an episode's length), got 1000000000",
+        ),
+        (["fb_m", "walker", "rnd", "torch_threads=0"], "torch_threads must be >= 1, got 0"),
+        (
+            ["fb_m", "walker", "rnd", "--device", "gpu"],
+            "unknown device 'gpu'; accepted: auto, cpu, cuda, cuda:N",
+        ),
+        (
+            ["fb_m", "walker", "rnd", "--batch_size", "many"],
+            "argument --batch_size: invalid int value: 'many'",
+        ),
+        (["fb_m", "walker"], "the following arguments are required: dataset (see main_exorl.py --help)"),
+        (["fb_m", "walker", "rnd", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
         (["fb", "walker", "rnd", "-m", "hydra.sweep.dir=out"], "set it with --run_dir DIR"),
         (["fb", "walker", "rnd", "--recurrent_F"], "fb is memory-free; use fb_m for memory in F/pi or B"),
         (["hilp", "walker", "rnd", "--recurrent_B"], "hilp is memory-free; use hilp_m"),
@@ -155,10 +171,13 @@ def test_missing_dataset_names_path_and_remedy(
     assert "exorl_reformatter.py cheetah_rnd" in line
 
 
-def test_incompatible_run_dir(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_incompatible_run_dir(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / "step_000000000").mkdir(parents=True)
     (run_dir / "checkpoints" / "latest").write_text("step_000000000")
+    monkeypatch.setattr("bfm.training.checkpoint.checkpoint_problem", lambda path: None)  # taken as intact
     main_exorl.register_configs()
     (values,) = main_exorl.compose_jobs(
         [
@@ -304,6 +323,15 @@ def test_hilp_domain_defaults_unless_set(overrides: list[str], gamma_phi: float,
     assert (agent_config.gamma_phi, agent_config.sf_loss) == (gamma_phi, sf_loss)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused(data_dir: Path, tmp_path: Path, capsys) -> None:
+    line = fail(
+        ["fb_m", "walker", "rnd", "--device", "cuda", f"--data_dir={data_dir}", f"run_root={tmp_path}"],
+        capsys,
+    )
+    assert "device 'cuda': this machine has no CUDA device; use --device cpu (or auto)" in line
+
+
 def test_resume_false_refuses_a_checkpointed_run_dir(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -373,7 +401,9 @@ def test_flag_help_is_the_config_field_documentation_and_default() -> None:
     )
 
 
-def test_run_dir_saved_in_the_earlier_layout_still_resumes(data_dir: Path, tmp_path: Path) -> None:
+def test_run_dir_saved_in_the_earlier_layout_still_resumes(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """config.yaml files written before the memory group moved into the agent config (top-level
     ``memory``, agent hyperparameters under ``agent.overrides``) read as the same config."""
     from bfm.training import run_dir as rd
@@ -405,6 +435,7 @@ def test_run_dir_saved_in_the_earlier_layout_still_resumes(data_dir: Path, tmp_p
     assert run_config_from_dict(old) == cfg
     (tmp_path / "checkpoints" / "step_000000003").mkdir(parents=True)
     (tmp_path / "checkpoints" / "latest").write_text("step_000000003")
+    monkeypatch.setattr("bfm.training.checkpoint.checkpoint_problem", lambda path: None)  # taken as intact
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert rd.check_run_dir(cfg) == tmp_path / "checkpoints" / "step_000000003"
     old["memory"]["history_length"] = 4

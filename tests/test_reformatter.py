@@ -256,7 +256,7 @@ def test_download_errors(tmp_path, server):
     code = exorl_reformatter.main(
         ["walker_rnd", "--data_dir", str(tmp_path), "--base_url", f"http://127.0.0.1:{closed}"]
     )
-    assert code == 1 and not dataset_path(tmp_path, DOMAIN, "rnd").exists()
+    assert code == 2 and not dataset_path(tmp_path, DOMAIN, "rnd").exists()
 
 
 def test_unsafe_archive_refused(tmp_path):
@@ -323,7 +323,7 @@ def test_collect_rnd_writes_valid_files_and_resumes(tmp_path, one_thread):
     assert json.loads((folder / "collection.json").read_text())["rnd"]["hidden_dim"] == 32
 
 
-def test_cli_explorer_options_are_recorded(tmp_path, caplog):
+def test_cli_explorer_options_are_recorded(tmp_path, capsys):
     args = ["walker_rnd", "--collect", "--collect_steps", "40", "--episode_length", "20", "--explorer", "cpu",
             "--rnd_batch_size", "64", "--rnd_update_every", "4", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
     assert exorl_reformatter.main(args) == 0
@@ -334,9 +334,9 @@ def test_cli_explorer_options_are_recorded(tmp_path, caplog):
     assert rnd["lr"] == RNDConfig().lr  # what the preset does not name stays URLB's
     # Resuming with another explorer would mix two explorers in one dataset: refused.
     more = [a if a != "40" else "60" for a in args]
-    with caplog.at_level("ERROR"):
-        assert exorl_reformatter.main([*more[:-4], "--rnd_batch_size", "32", *more[-4:]]) == 1
-    assert "other settings {'rnd.batch_size': (64, 32)}" in caplog.text
+    capsys.readouterr()
+    assert exorl_reformatter.main([*more[:-4], "--rnd_batch_size", "32", *more[-4:]]) == 2
+    assert "other settings {'rnd.batch_size': (64, 32)}" in capsys.readouterr().err.strip().splitlines()[-1]
     assert len(list_episode_files(buffer_dir(tmp_path, DOMAIN, "rnd"))) == 2
 
 
@@ -363,16 +363,17 @@ def test_cli_collect_changed_dynamics(tmp_path):
         1.5,
     )
     # A missing changed-dynamics dataset without --collect says how to collect it.
-    assert exorl_reformatter.main(["walker_rnd", "--multiplier", "2", "--data_dir", str(tmp_path)]) == 1
+    assert exorl_reformatter.main(["walker_rnd", "--multiplier", "2", "--data_dir", str(tmp_path)]) == 2
 
 
-def test_unknown_exorl_dataset_is_refused_before_any_download(tmp_path, server, caplog):
+def test_unknown_exorl_dataset_is_refused_before_any_download(tmp_path, server, capsys):
     served, url = server
     before = len(served.requests)
-    with caplog.at_level("ERROR"):
-        code = exorl_reformatter.main(["walker_foo", "--data_dir", str(tmp_path), "--base_url", url])
-    assert code == 1 and len(served.requests) == before
-    assert "ExORL publishes no 'foo' dataset; ExORL datasets: aps, diayn" in caplog.text
+    code = exorl_reformatter.main(["walker_foo", "--data_dir", str(tmp_path), "--base_url", url])
+    assert code == 2 and len(served.requests) == before
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("exorl_reformatter.py: error: ")
+    assert "ExORL publishes no 'foo' dataset; ExORL datasets: aps, diayn" in line
 
 
 @pytest.mark.parametrize("flag", ["--episodes", "--collect_steps", "--episode_length", "--workers"])
@@ -383,3 +384,21 @@ def test_counts_must_be_positive(flag, value, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"argument {flag}: expected a whole number >= 1, got '{value}'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_silent_server_fails_fast_naming_the_url(tmp_path):
+    """A server that accepts the connection and never answers: two timeouts, then a clear error."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/walker/rnd.zip"
+        start = time.monotonic()
+        with pytest.raises(
+            DownloadError, match=r"the server sent nothing for 0.5 s, twice; nothing was saved"
+        ):
+            download(url, tmp_path / "rnd.zip", timeout=0.5, backoff=0.01)
+        assert time.monotonic() - start < 5
+    assert not (tmp_path / "rnd.zip.part").exists() and not (tmp_path / "rnd.zip").exists()

@@ -64,5 +64,9 @@ def test_report_files_and_paper_shaped_table(tmp_path: Path) -> None:
     assert (out / "learning_curves.png").exists() and (out / "iqm_bars.png").exists()
 
 
-def test_no_runs_is_an_error(tmp_path: Path) -> None:
-    assert plot_results.main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+def test_no_runs_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        plot_results.main([str(tmp_path), "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"plot_results.py: error: no readable results.json under {tmp_path}")

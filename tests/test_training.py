@@ -136,6 +136,7 @@ def fake_agent_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(agent_checkpoint, "save_agent", save_agent)
     monkeypatch.setattr(agent_checkpoint, "restore_agent", lambda agent, directory, **_: agent)
+    monkeypatch.setattr(agent_checkpoint, "checkpoint_problem", lambda path: None)  # no real agent files
 
 
 def make_trainer(tmp_path: Path, agent: FakeAgent, steps: int = 20) -> Trainer:
@@ -221,7 +222,7 @@ def test_resume_on_another_device_type_reseeds_generators(
     agent, buffer = build()
     agent.update(buffer.sample(8))
     ckpt = save_checkpoint(tmp_path / "run", 1, agent, buffer)
-    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
     cuda_like = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator state has 16 bytes
     state["device_type"] = "cuda"
     state["buffer_rng"]["generator"] = state["buffer_rng"]["labelled_generator"] = cuda_like

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from bfm.data.batch import Batch
-
 from bfm.agents.config import RepresentationConfig
 from bfm.agents.networks import Actor, State, project_to_sphere, sample_action
 from bfm.agents.optim import last_rows
+from bfm.data.batch import Batch
 
 
 class AgentBase:

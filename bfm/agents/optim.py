@@ -33,7 +33,7 @@ def maybe_compile(fn: Callable, config: RepresentationConfig) -> Callable:
     """
     if not config.compile:
         return fn
-    import torch._dynamo
+    import torch._dynamo  # lazy: only compiled runs need the compiler stack
 
     torch._dynamo.config.allow_rnn = True
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)

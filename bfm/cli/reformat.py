@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from bfm.cli import errors
 from bfm.collection import COLLECT_ALGOS, RND_PRESETS, collect, rnd_config
 from bfm.data.download import (
     EXORL_ALGOS,
@@ -41,13 +43,16 @@ from bfm.data.exorl import (
     read_manifest,
 )
 from bfm.data.reformat import DOWNLOAD_FILE, reformat
+from bfm.envs import DOMAINS
+from bfm.training.builders import resolve_device
+from bfm.training.config import ConfigError
 
+PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
     """Split ``walker_rnd`` / ``quadruped_icm_apt`` into (domain, algo) by the known domain prefix."""
-    from bfm.envs import DOMAINS
 
     for domain in sorted(DOMAINS, key=len, reverse=True):
         if pair.startswith(domain + "_") and len(pair) > len(domain) + 1:
@@ -55,6 +60,28 @@ def parse_pair(pair: str) -> tuple[str, str]:
     raise argparse.ArgumentTypeError(
         f"{pair!r} is not DOMAIN_ALGO with DOMAIN in {', '.join(DOMAINS)} (e.g. walker_rnd)"
     )
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -68,9 +95,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> errors.Parser:
+    parser = errors.Parser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "pairs", nargs="+", type=parse_pair, metavar="DOMAIN_ALGO", help="e.g. walker_rnd cheetah_rnd"
@@ -104,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--episode_length", type=positive_int, default=1000, help="transitions per collected episode"
     )
     parser.add_argument(
-        "--multiplier", type=float, default=1.0, help="mass and damping multiplier of collection"
+        "--multiplier", type=positive_float, default=1.0, help="mass and damping multiplier of collection"
     )
     parser.add_argument(
         "--explorer",
@@ -123,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="environment steps per RND explorer update (overrides --explorer)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="collection seed")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="collection seed (>= 0)")
     parser.add_argument("--device", default="cpu", help="torch device of the RND explorer")
     parser.add_argument(
         "--torch_threads",
@@ -151,8 +178,6 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
     out = dataset_path(args.data_dir, domain, algo, args.multiplier)
     source: dict | None = None
     if args.collect:
-        if algo not in COLLECT_ALGOS:
-            raise DatasetError(f"--collect supports {', '.join(COLLECT_ALGOS)}, not {algo!r}")
         collect(
             folder,
             domain,
@@ -169,7 +194,13 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
         archive = Path(args.data_dir) / domain / f"{algo}.zip"
         if not list_episode_files(folder) or archive.is_file():
             if out.is_file() and not archive.is_file():
-                read_manifest(out)  # raises on a corrupt or foreign file
+                try:
+                    read_manifest(out)  # raises on a corrupt or foreign file
+                except DatasetError as error:
+                    raise DatasetError(
+                        f"{error}; there are no raw episodes in {folder} to rebuild it from: delete {out} and "
+                        "rerun this command to download them again (or add --collect to collect them)"
+                    ) from None
                 logger.info("%s exists and there are no raw episodes; nothing to do", out)
                 return out
             if args.multiplier != 1.0:
@@ -196,21 +227,47 @@ def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
     )  # fmt: skip
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What can be refused before anything is downloaded, collected or written.
+
+    Raises:
+        ConfigError: naming the flag or pair and what is accepted.
+    """
+    if args.collect:
+        for domain, algo in args.pairs:
+            if algo not in COLLECT_ALGOS:
+                raise ConfigError(
+                    f"{domain}_{algo}: --collect collects {', '.join(COLLECT_ALGOS)}, not {algo!r} "
+                    f"(ExORL's {algo} dataset is downloaded without --collect)"
+                )
+        resolve_device(args.device)
+    existing = Path(args.data_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--data_dir {args.data_dir}: {existing} is not a writable folder")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (2 when any pair failed, after trying every pair)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "OpenGL"):  # MuJoCo / OpenGL backend chatter at import
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    with errors.reported(PROG, ConfigError):
+        check_args(args)
     torch.set_num_threads(args.torch_threads)
-    status = 0
+    failed = []
     for domain, algo in args.pairs:
         try:
-            path = process(domain, algo, args)
+            with errors.reported(PROG, DatasetError, DownloadError, ConfigError, ValueError):
+                path = process(domain, algo, args)
             logger.info("%s_%s ready: %s", domain, algo, path)
-        except (DatasetError, DownloadError, ValueError) as e:
-            logger.error("%s_%s: %s", domain, algo, e)
-            status = 1
-    return status
+        except SystemExit:  # the error line is written; go on with the other pairs
+            failed.append(f"{domain}_{algo}")
+    if failed and len(args.pairs) > 1:
+        errors.fail(PROG, f"{len(failed)} of {len(args.pairs)} pairs failed: {', '.join(failed)}")
+    return errors.EXIT_BAD_INPUT if failed else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from bfm.cli import errors
+
+PROG = "plot_results.py"
 log = logging.getLogger("plot_results")
 
 METHOD_NAMES = {
@@ -89,20 +92,39 @@ def _label(task: str, multiplier: str, count: int) -> str:
     return task if count == 1 and float(multiplier) == 1.0 else f"{task}@{float(multiplier):g}"
 
 
-def find_runs(paths: list[str]) -> list[Run]:
-    """Every run (directory with results.json) under the given paths."""
+REQUIRED_KEYS = ("algorithm", "memory", "domain", "dataset", "final", "best")
+
+
+def find_runs(paths: list[str], skipped: list[str] | None = None) -> list[Run]:
+    """Every run (directory with a readable results.json) under the given paths.
+
+    Args:
+        paths: run directories or folders above them.
+        skipped: when given, receives ``"<path>: <why>"`` of each results.json that cannot be read
+            (truncated, not JSON, missing keys); those runs are left out, with a warning.
+    """
     runs = []
     for root in paths:
         for results_path in sorted(Path(root).rglob("results.json")):  # root's own results.json included
-            results = json.loads(results_path.read_text())
-            curve = [(int(p["step"]), float(p["mean_iqm"])) for p in results.get("curve", [])]
+            try:
+                results = json.loads(results_path.read_text())
+                missing = [k for k in REQUIRED_KEYS if k not in results]
+                if missing:
+                    raise ValueError(f"no {', '.join(missing)}")
+                curve = [(int(p["step"]), float(p["mean_iqm"])) for p in results.get("curve", [])]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as error:
+                reason = f"{results_path}: {str(error).splitlines()[0][:120]}"
+                log.warning("skipped unreadable run: %s", reason)
+                if skipped is not None:
+                    skipped.append(reason)
+                continue
             runs.append(Run(results_path.parent, results, curve))
     return runs
 
 
 def mean_of_task_iqms(scores: np.ndarray) -> float:
     """Mean over tasks of each task's IQM over runs (the headline of results.json for one run)."""
-    from rliable.metrics import aggregate_iqm
+    from rliable.metrics import aggregate_iqm  # lazy (also below): the [report] extra, slow to import
 
     return float(np.mean([aggregate_iqm(scores[:, j]) for j in range(scores.shape[1])]))
 
@@ -179,10 +201,12 @@ def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[d
             stratified_bootstrap_ci(valid, reps, aggregate=mean_of_task_iqms) if valid.size else missing
         )
         per_task = {
-            t: stratified_bootstrap_ci(matrix[:, [i]], reps)
+            t: stratified_bootstrap_ci(matrix[:, [i]], reps) if not np.isnan(matrix[:, i]).any() else missing
             for i, t in enumerate(tasks)
-            if not np.isnan(matrix[:, i]).any()
         }
+        excluded = [t for i, t in enumerate(tasks) if np.isnan(matrix[:, i]).any()]
+        if excluded:
+            log.warning("%s on %s: no finite score in some run for %s", method, domain, ", ".join(excluded))
         rows.append(
             {
                 "method": method,
@@ -196,6 +220,7 @@ def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[d
                 "mean_of_tasks": mean_of_tasks,
                 "ci": (lo, hi),
                 "per_task": per_task,
+                "excluded_tasks": excluded,
                 "runs": group,
             }
         )
@@ -203,6 +228,8 @@ def aggregate(runs: list[Run], which: str = "final", reps: int = 2000) -> list[d
 
 
 def _cell(point: float, ci: tuple[float, float], percent: bool) -> str:
+    if np.isnan(point):
+        return "n/a (a run has no finite score)"
     unit = "%" if percent else ""
     return f"{point:.1f}{unit} [{ci[0]:.1f}, {ci[1]:.1f}]"
 
@@ -236,6 +263,8 @@ def markdown(rows: list[dict[str, Any]], which: str) -> str:
         lines += [
             f"| {t} | {_cell(p, (lo, hi), r['normalised'])} |" for t, (p, lo, hi) in r["per_task"].items()
         ]
+        if r["excluded_tasks"]:
+            lines.append(f"| (aggregates below leave out {', '.join(r['excluded_tasks'])}) | |")
         lines.append(f"| **IQM over runs x tasks** | {_cell(r['iqm'], r['ci'], r['normalised'])} |")
         mean, lo, hi = r["mean_of_tasks"]
         lines.append(f"| **mean over tasks of the task IQMs** | {_cell(mean, (lo, hi), r['normalised'])} |")
@@ -244,7 +273,7 @@ def markdown(rows: list[dict[str, Any]], which: str) -> str:
 
 def _pyplot() -> Any:
     """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # lazy: the backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -319,36 +348,51 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories or roots to search for results.json")
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument(
         "--which", choices=("final", "best"), default="final", help="final or best evaluation"
     )
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    parser.add_argument("--reps", type=positive_int, default=2000, help="bootstrap replications (>= 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    runs = find_runs(args.paths)
-    if not runs:
-        sys.stderr.write(
-            f"plot_results.py: error: no results.json under {', '.join(args.paths)}; "
-            "pass run directories written by main_exorl.py, or folders above them\n"
-        )
-        return 2
-    rows = aggregate(runs, args.which, args.reps)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, args.which)
-    (out / "report.md").write_text(text)
-    plot_curves(rows, out / "learning_curves.png")
-    plot_bars(rows, out / "iqm_bars.png")
+    if out.exists() and not out.is_dir():
+        errors.fail(PROG, f"--out {out} is a file; name a folder (it is created if missing)")
+    skipped: list[str] = []
+    runs = find_runs(args.paths, skipped)
+    if not runs:
+        errors.fail(
+            PROG,
+            f"no readable results.json under {', '.join(args.paths)}"
+            + (f" ({len(skipped)} unreadable: {skipped[0]})" if skipped else "")
+            + "; pass run directories written by main_exorl.py, or folders above them",
+        )
+    rows = aggregate(runs, args.which, args.reps)
+    with errors.reported(PROG, OSError):
+        out.mkdir(parents=True, exist_ok=True)
+        text = markdown(rows, args.which)
+        if skipped:
+            text += "\nLeft out, unreadable: " + "; ".join(skipped) + "\n"
+        (out / "report.md").write_text(text)
+        plot_curves(rows, out / "learning_curves.png")
+        plot_bars(rows, out / "iqm_bars.png")
     print(text)
     log.info(
-        "%d run(s), %d group(s): wrote %s, %s, %s",
+        "%d run(s), %d group(s)%s: wrote %s, %s, %s",
         len(runs),
         len(rows),
+        f", {len(skipped)} unreadable left out" if skipped else "",
         out / "report.md",
         out / "learning_curves.png",
         out / "iqm_bars.png",

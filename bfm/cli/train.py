@@ -26,7 +26,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import hydra
 import torch
@@ -40,6 +40,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bfm import agents, envs
 from bfm.agents import MEMORY_TYPES
+from bfm.cli import errors
+from bfm.data.exorl import DatasetError
 from bfm.training import builders, run_dir
 from bfm.training import config as tc
 from bfm.training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
@@ -48,7 +50,7 @@ from bfm.training.trainer import NonFiniteLossError, Trainer, seed_everything
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
-EXIT_BAD_INPUT = 2
+PROG = "main_exorl.py"
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("main_exorl")
@@ -90,10 +92,10 @@ def _flag_help(flag: str) -> str:
     return tc.field_help(FLAG_OVERRIDES[flag][0]).replace("%", "%%")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> errors.Parser:
     """The paper-style command line (the official code's flags); defaults live in bfm/configs/."""
-    p = argparse.ArgumentParser(
-        prog="main_exorl.py",
+    p = errors.Parser(
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         allow_abbrev=False,
         epilog="Hydra overrides (key=value) and -m may follow, e.g. agent.lr_f=3e-4 experiment=smoke -m seed=0,1,2.",
@@ -192,10 +194,10 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
     for arg in hydra_args:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key in HYDRA_DIR_KEYS:
-            _fail(
+            errors.fail(
+                PROG,
                 f"{key} is not used: hydra's directories follow the run directory; set it with --run_dir DIR "
                 "(or run_dir=DIR; the root of the default layout and of sweeps with run_root=DIR)",
-                EXIT_BAD_INPUT,
             )
     flags = [a for a in argv if a not in hydra_args]
     hydra_args = [_expand_alias(a) for a in hydra_args]
@@ -234,9 +236,9 @@ def _expand_alias(override: str) -> str:
 def _with_flag(message: str) -> str:
     """Names the paper-style flag after a config key that starts a message
     (``agent.memory.history_length (--history_length) must be ...``)."""
-    key = message.split(" ", 1)[0]
+    key, _, rest = message.partition(" ")
     flag = next((f for f, (k, kind) in FLAG_OVERRIDES.items() if k == key and kind == "value"), None)
-    return message.replace(key, f"{key} (--{flag})", 1) if flag else message
+    return f"{key} (--{flag}) {rest}" if flag and rest.startswith("must ") else message
 
 
 def _check_choices(args: argparse.Namespace) -> None:
@@ -249,7 +251,7 @@ def _check_choices(args: argparse.Namespace) -> None:
             continue
         for name in value.split(",") if args.multirun else [value]:
             if name not in accepted:
-                _fail(f"unknown {what} {name!r}; accepted: {', '.join(accepted)}", EXIT_BAD_INPUT)
+                errors.fail(PROG, f"unknown {what} {name!r}; accepted: {', '.join(accepted)}")
 
 
 def _memory_label(recurrent_F: Any, recurrent_B: Any, memory: str) -> str:
@@ -358,6 +360,7 @@ def check_job(values: dict[str, Any]) -> RunConfig:
     """
     cfg = tc.run_config_from_dict(values)
     tc.validate_names(cfg)
+    builders.resolve_device(cfg.device)
     setup = builders.make_env(cfg)
     builders.dataset_paths(cfg, setup.domain)
     run_dir.check_run_dir(cfg)
@@ -407,23 +410,25 @@ def format_summary(results: dict[str, Any]) -> str:
 def _task(hydra_cfg: Any) -> dict[str, Any]:
     """Hydra job entry point: plain dataclasses from here on."""
     try:
-        cfg = tc.run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
-        return main(cfg)
-    except ConfigError as error:
-        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
+        with errors.reported(PROG, ConfigError, DatasetError):
+            cfg = tc.run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
+            try:
+                return main(cfg)
+            except (MemoryError, torch.OutOfMemoryError) as error:
+                raise ConfigError(
+                    f"out of memory ({errors.one_line(error)[:160] or 'MemoryError'}); reduce train.batch_size, "
+                    "agent.memory.history_length, the widths or env.episodes, or use another --device"
+                ) from error
+            except ConfigError as error:
+                raise ConfigError(_with_flag(str(error))) from error
     except NonFiniteLossError as error:
-        _fail(str(error), 1)
+        errors.fail(PROG, str(error), 1)
     except KeyboardInterrupt as error:
-        _fail(
+        errors.fail(
+            PROG,
             f"interrupted ({error or 'KeyboardInterrupt'}); rerun the same command to continue from the last checkpoint",
             EXIT_INTERRUPTED,
         )
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"main_exorl.py: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -442,9 +447,9 @@ def cli(argv: list[str] | None = None) -> None:
                 )
             seen[cfg.run_dir] = index
     except ConfigError as error:
-        _fail(_with_flag(str(error)), EXIT_BAD_INPUT)
+        errors.fail(PROG, _with_flag(str(error)))
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
-        _fail(_one_line(error), EXIT_BAD_INPUT)
+        errors.fail(PROG, _one_line(error))
 
     # hydra.main reads its overrides from sys.argv: hydra has no public API that hands a list of
     # overrides to its launchers (joblib, submitit), so the translated command line goes there

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from bfm.collection.rnd import RNDAgent, RNDConfig
-from bfm.data.exorl import DatasetError, list_episode_files, parse_episode_name, write_episode
+from bfm.data.exorl import DatasetError, list_episode_files, parse_episode_name, read_episode, write_episode
 from bfm.data.progress import progress
 from bfm.data.reformat import COLLECTION_FILE
+from bfm.envs import DOMAINS, episode_seed, flat_obs, make_env, make_physics
+from bfm.envs.specs import check_domain
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ def run_episode(env, policy, episode_length: int) -> dict[str, np.ndarray]:
         observation [T+1, obs] float32, action [T+1, act] float32 (row 0 zeros), reward and discount
         [T+1, 1] float32 (collection task; discount 1), physics [T+1, phys] float64 [qpos, qvel, act].
     """
-    from bfm.envs import flat_obs
 
     timestep = env.reset()
     action_dim = env.action_spec().shape[0]
@@ -161,8 +162,6 @@ def collect(
     Returns:
         The ``buffer`` folder.
     """
-    from bfm.envs import episode_seed, make_env, make_physics
-    from bfm.envs.specs import check_domain
 
     if algo not in COLLECT_ALGOS:
         raise ValueError(f"cannot collect with {algo!r}; collection algorithms: {', '.join(COLLECT_ALGOS)}")
@@ -210,8 +209,6 @@ def collect(
 def _collect_rnd(
     folder: Path, existing: list[Path], done: int, total: int, settings: dict, physics, device: str
 ):
-    from bfm.data.exorl import read_episode
-    from bfm.envs import DOMAINS, episode_seed, make_env
 
     domain, seed, length = settings["domain"], settings["seed"], settings["episode_length"]
     info, config = DOMAINS[domain], RNDConfig(**settings["rnd"])

@@ -21,6 +21,7 @@ import torch
 
 from bfm.data.batch import Batch, BatchSpec, GoalSampling, LabelledWindows
 from bfm.data.exorl import DatasetError, read_array_rows, read_manifest, reward_key, select_episodes
+from bfm.envs.specs import check_domain
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ class SequenceBuffer:
         tasks: Sequence[str] | None = None,
         episode_selection: str = "spread",
     ) -> None:
-        from bfm.envs.specs import check_domain
 
         self.domain, self.info = domain, check_domain(domain)
         if history_length < 1 or backward_history_length < 1:
@@ -189,6 +189,15 @@ class SequenceBuffer:
         for task in self.tasks:
             if part[reward_key(task)].shape != obs.shape[:2]:
                 raise DatasetError(f"{path}: reward of {task!r} has shape {part[reward_key(task)].shape}")
+        for key, array in part.items():  # the arrays actually read: numbers, all finite
+            if not np.issubdtype(array.dtype, np.floating):
+                raise DatasetError(f"{path}: {key} has dtype {array.dtype}, expected floating point")
+            if not np.isfinite(array).all():
+                bad = np.argwhere(~np.isfinite(array))[0]
+                raise DatasetError(
+                    f"{path}: {key} holds a non-finite value (first at episode position {bad[0]}, row {bad[1]}); "
+                    "rebuild the dataset (python exorl_reformatter.py ...) or delete it"
+                )
 
     def _flat(self, array: np.ndarray) -> torch.Tensor:
         """[E, T+1, D] -> [E * (T+1) + 1, D] float32 tensor on the device, last row zeros."""

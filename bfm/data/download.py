@@ -81,7 +81,7 @@ def _attempt(url: str, part: Path, timeout: float) -> bool:
 
 
 def download(
-    url: str, dest: str | os.PathLike, *, retries: int = 5, timeout: float = 60.0, backoff: float = 1.0
+    url: str, dest: str | os.PathLike, *, retries: int = 5, timeout: float = 20.0, backoff: float = 1.0
 ) -> Path:
     """Stream ``url`` to ``dest`` through ``dest.part``, resuming with HTTP Range after a cut.
 
@@ -92,7 +92,9 @@ def download(
         url: http(s) URL.
         dest: final path.
         retries: attempts after a cut connection before giving up.
-        timeout: socket timeout in seconds.
+        timeout: seconds to wait for the connection and for each read; a server that sends
+            nothing for that long twice in a row is given up on (a silent server fails in about
+            ``2 * timeout`` seconds).
         backoff: seconds before the first retry (doubled each time).
 
     Returns:
@@ -106,6 +108,7 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    silent, before = 0, part.stat().st_size if part.exists() else 0  # timeouts with no new byte
     for attempt in range(retries + 1):
         try:
             if _attempt(url, part, timeout):
@@ -120,13 +123,24 @@ def download(
             ) from e
         except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             have = part.stat().st_size if part.exists() else 0
+            silent = silent + 1 if isinstance(e, TimeoutError) and have == before else 0
+            kept = (
+                f"{have} bytes kept in {part}, rerun the same command to resume"
+                if have
+                else "nothing was saved"
+            )
+            if silent >= 2:
+                raise DownloadError(
+                    f"{url}: the server sent nothing for {timeout:g} s, twice; {kept} "
+                    "(check the network or --base_url, or create the data locally with --collect)"
+                ) from e
             if attempt == retries:
                 raise DownloadError(
-                    f"{url}: connection lost after {retries + 1} attempts ({e!r}); {have} bytes kept in "
-                    f"{part}, rerun the same command to resume"
+                    f"{url}: connection lost after {retries + 1} attempts ({e!r}); {kept}"
                 ) from e
             logger.warning("download of %s cut at %d bytes (%r); resuming", url, have, e)
             time.sleep(backoff * 2**attempt)
+            before = have
     raise DownloadError(f"{url}: download did not complete")
 
 

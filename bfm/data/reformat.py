@@ -25,6 +25,8 @@ from bfm.data.exorl import (
     write_dataset,
 )
 from bfm.data.progress import progress
+from bfm.envs import DOMAINS, relabel
+from bfm.envs.specs import check_domain
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +124,15 @@ def reformat(
             that are in no dataset).
         ValueError: unknown domain.
     """
-    from bfm.envs.specs import check_domain
 
     folder, multiplier = Path(folder), float(multiplier)
     check_domain(domain)
     workers = workers or os.cpu_count() or 1
     all_files = list_episode_files(folder)
     files = [all_files[i] for i in select_episodes(len(all_files), episodes, selection)]
+    if episodes is not None and episodes > len(all_files) and all_files:
+        logger.warning("%s: %d episodes asked for, %d raw episodes exist: the dataset holds %d",
+                       folder, episodes, len(all_files), len(files))  # fmt: skip
     out = folder / DATASET_FILE
     if not files:
         raise DatasetError(f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat")
@@ -169,7 +173,6 @@ def _pack(
     source: dict,
 ) -> None:
     """Read ``files``, relabel every reward task of ``domain`` and write ``out`` with its manifest."""
-    from bfm.envs import DOMAINS, relabel
 
     info = DOMAINS[domain]
     start = time.perf_counter()

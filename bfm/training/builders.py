@@ -41,10 +41,24 @@ class EnvSetup:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda when available, else cpu."""
+    """``auto`` picks cuda when available, else cpu.
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this machine has no CUDA device; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; accepted: auto, cpu, cuda, cuda:N")
+    return device
 
 
 def make_env(cfg: RunConfig) -> EnvSetup:

@@ -16,6 +16,11 @@ directory and ``trainer.pt`` (step, device type, RNG states of torch / numpy / p
 buffer's generators). It is written to a temporary directory first and renamed into place;
 ``checkpoints/latest`` names the newest complete one and is replaced atomically, so a run killed at
 any moment leaves a loadable checkpoint behind.
+
+Resuming (``resume_point``) takes the newest intact checkpoint: every file present and readable.
+A damaged newer one is reported by name and set aside (``damaged_step_<step>``), never used and
+never counted as a reason to start over. Nothing here loads a pickle: ``torch.load`` always runs
+with ``weights_only=True``, and RNG states are stored as tensors and plain Python values.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -31,10 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bfm.agents import make_agent
 from bfm.agents.config import upgrade_flat
+from bfm.training.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +127,7 @@ def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = T
         modules.setdefault(module, {})[name] = tensor
     state: dict[str, Any] = {"modules": modules, "optimizers": {}}
     if (directory / OPTIMIZERS_FILE).is_file():
-        state.update(
-            torch.load(directory / OPTIMIZERS_FILE, map_location=torch.device(device), weights_only=True)
-        )
+        state.update(_load_torch(directory / OPTIMIZERS_FILE, map_location=torch.device(device)))
     if not restore_generator:
         state.pop("generator", None)
     agent.load_state_dict(state)
@@ -145,7 +151,7 @@ def generator_states(obj: Any, prefix: str = "", depth: int = 2) -> dict[str, An
         elif isinstance(value, np.random.Generator):
             states[path] = ("numpy", value.bit_generator.state)
         elif isinstance(value, np.random.RandomState):
-            states[path] = ("numpy_legacy", value.get_state())
+            states[path] = ("numpy_legacy", _mt19937_state(value.get_state()))
         elif (
             depth > 0
             and not isinstance(value, torch.nn.Module | torch.Tensor | np.ndarray)
@@ -166,12 +172,16 @@ def set_generator_states(obj: Any, states: dict[str, Any]) -> None:
         elif kind == "numpy":
             target.bit_generator.state = state
         else:
-            target.set_state(state)
+            target.set_state(_mt19937_tuple(state))
 
 
 def global_rng_state() -> dict[str, Any]:
     """RNG states of torch (CPU and CUDA), numpy's legacy global generator and ``random``."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _mt19937_state(np.random.get_state()),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -180,10 +190,25 @@ def global_rng_state() -> dict[str, Any]:
 def set_global_rng_state(state: dict[str, Any]) -> None:
     """Restores :func:`global_rng_state`."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_mt19937_tuple(state["numpy"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _mt19937_state(state: tuple[Any, ...]) -> dict[str, Any]:
+    """numpy's legacy ``get_state()`` tuple with the key as a tensor (loadable without pickle)."""
+    name, key, pos, has_gauss, cached = state
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def _mt19937_tuple(state: Any) -> tuple[Any, ...]:
+    """Back to numpy's tuple (also accepts the tuple itself, as checkpoints before held it)."""
+    if isinstance(state, tuple | list):
+        return tuple(state)
+    key = state["key"].numpy().astype(np.uint32)
+    return (state["name"], key, state["pos"], state["has_gauss"], state["cached_gaussian"])
 
 
 def _buffer_state(buffer: Any) -> dict[str, Any]:
@@ -191,13 +216,123 @@ def _buffer_state(buffer: Any) -> dict[str, Any]:
     return buffer.state_dict() if hasattr(buffer, "state_dict") else generator_states(buffer)
 
 
+TRAINER_FILE = "trainer.pt"
+DAMAGED_PREFIX = "damaged_"
+
+
+class CheckpointError(ConfigError):
+    """No intact checkpoint to resume from although some exist, or one that does not fit the run;
+    the message names the files and what to do (the CLI exits with code 2)."""
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """What a run directory offers to resume from.
+
+    Attributes:
+        path: the newest intact checkpoint, or None.
+        damaged: (checkpoint directory, what is wrong) of every newer one that cannot be used.
+        any_checkpoint: some checkpoint directory exists (intact or not).
+    """
+
+    path: Path | None
+    damaged: list[tuple[Path, str]]
+    any_checkpoint: bool
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What keeps the training checkpoint ``path`` from being resumed, or None when it is intact.
+
+    Checks that every file exists and that each can be read (JSON parses, the safetensors header
+    matches the file, the torch files load without pickle); cheap next to a training step.
+    """
+    agent = Path(path) / "agent"
+    for file in (
+        agent / CONFIG_FILE,
+        agent / WEIGHTS_FILE,
+        agent / OPTIMIZERS_FILE,
+        Path(path) / TRAINER_FILE,
+    ):
+        if not file.is_file():
+            return f"{file.relative_to(path)} is missing"
+    try:
+        json.loads((agent / CONFIG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"agent/{CONFIG_FILE} is not valid JSON ({error})"
+    try:
+        with safe_open(str(agent / WEIGHTS_FILE), framework="pt") as weights:
+            list(weights.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"agent/{WEIGHTS_FILE} is unreadable ({str(error).splitlines()[0]})"
+    for name, file in (
+        ("agent/" + OPTIMIZERS_FILE, agent / OPTIMIZERS_FILE),
+        (TRAINER_FILE, Path(path) / TRAINER_FILE),
+    ):
+        try:
+            _load_torch(file)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
+            return f"{name} is unreadable ({str(error).splitlines()[0][:120]})"
+    return None
+
+
+def resume_point(run_dir: Path) -> ResumePoint:
+    """The newest intact checkpoint of a run and the damaged ones newer than it (nothing written).
+
+    The ``step_*`` directories decide; ``checkpoints/latest`` only adds a report when it names a
+    directory that is gone (it lags a checkpoint when a kill fell between the rename and its
+    update).
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    pointer = root / "latest"
+    damaged: list[tuple[Path, str]] = []
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if not named.is_dir():
+            damaged.append((named, "it does not exist (checkpoints/latest names it)"))
+    # A step_* directory in place is complete (renamed into place whole), the pointer may lag it.
+    for path in reversed(steps):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return ResumePoint(path, damaged, True)
+        damaged.append((path, problem))
+    return ResumePoint(None, damaged, bool(steps) or bool(damaged))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINT_DIR / "latest"
-    if not pointer.exists():
-        return None
-    path = Path(run_dir) / CHECKPOINT_DIR / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    """The newest intact checkpoint directory of a run, or None (see ``resume_point``)."""
+    return resume_point(run_dir).path
+
+
+def set_aside_damaged(point: ResumePoint) -> None:
+    """Renames each damaged checkpoint directory to ``damaged_<name>`` (kept for inspection, out of
+    the way of new checkpoints) and logs which checkpoint the run resumes from instead."""
+    for path, problem in point.damaged:
+        used = point.path.name if point.path else "none"
+        if path.is_dir():
+            target = path.with_name(DAMAGED_PREFIX + path.name)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+            log.warning(
+                "checkpoint %s is damaged (%s): moved to %s; resuming from %s",
+                path,
+                problem,
+                target.name,
+                used,
+            )
+        else:
+            log.warning("checkpoint %s: %s; resuming from %s", path, problem, used)
+
+
+def _load_torch(path: Path, map_location: Any = None) -> Any:
+    """``torch.load`` without pickle. trainer.pt files written before the RNG states were stored as
+    tensors hold numpy arrays: only numpy's array reconstruction is allowed for them."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        allowed = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def save_checkpoint(
@@ -210,7 +345,7 @@ def save_checkpoint(
         step: gradient steps done.
         agent: the agent (``save_agent`` writes weights, optimizers and config).
         buffer: the sequence buffer (its generators are saved).
-        extra: more trainer state (picklable) to restore on resume.
+        extra: more trainer state to restore on resume (tensors and plain Python values).
 
     Returns:
         The checkpoint directory.
@@ -229,7 +364,7 @@ def save_checkpoint(
         "buffer_rng": _buffer_state(buffer),
         "extra": extra or {},
     }
-    torch.save(state, tmp / "trainer.pt")
+    torch.save(state, tmp / TRAINER_FILE)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -242,7 +377,8 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep: str) -> None:
-    """Keeps the newest ``KEEP_CHECKPOINTS`` checkpoints (always the one just written)."""
+    """Keeps the newest ``KEEP_CHECKPOINTS`` checkpoints (always the one just written; set-aside
+    damaged ones are not touched)."""
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for path in steps[:-KEEP_CHECKPOINTS]:
         if path.name != keep:
@@ -267,10 +403,16 @@ def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
     Returns:
         The trainer state (``step``, ``extra``).
     """
-    state = torch.load(Path(path) / "trainer.pt", weights_only=False)
+    state = _load_torch(Path(path) / TRAINER_FILE)
     here = torch.device(agent.device).type
     same_device = state.get("device_type", here) == here
-    restore_agent(agent, Path(path) / "agent", restore_generator=same_device)
+    try:
+        restore_agent(agent, Path(path) / "agent", restore_generator=same_device)
+    except (RuntimeError, KeyError, ValueError) as error:  # another algorithm's or size's weights
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's agent ({str(error).splitlines()[0][:160]}); "
+            "use another --run_dir or delete the checkpoints to start over"
+        ) from None
     buffer_state = state["buffer_rng"]
     if not same_device:
         log.warning(

@@ -25,6 +25,7 @@ from bfm.agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
 from bfm.agents.config import upgrade_flat
 
 ALGORITHMS: tuple[str, ...] = tuple(AGENTS)
+EPISODE_LENGTH = 1000  # of every ExORL and evaluation episode
 ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
 # The same as data.exorl.EPISODE_SELECTIONS (a test keeps them equal; config imports no data code).
 EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")
@@ -298,7 +299,17 @@ def validate_names(cfg: RunConfig) -> None:
     """
     _choice(cfg.train.rollout_memory, ROLLOUT_MEMORY_MODES, "rollout memory mode (train.rollout_memory)")
     _choice(cfg.env.episode_selection, EPISODE_SELECTIONS, "episode selection (env.episode_selection)")
+    longest = max(cfg.agent.memory.history_length, cfg.agent.memory.backward_history_length)
     checks = [
+        (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+        (
+            longest <= EPISODE_LENGTH,
+            f"history lengths must be <= {EPISODE_LENGTH} (an episode's length), got {longest}",
+        ),
+        (
+            cfg.torch_threads is None or cfg.torch_threads >= 1,
+            f"torch_threads must be >= 1, got {cfg.torch_threads}",
+        ),
         (cfg.train.eval_rollouts >= 1, f"train.eval_rollouts must be >= 1, got {cfg.train.eval_rollouts}"),
         (cfg.train.learning_steps >= 0, f"train.learning_steps must be >= 0, got {cfg.train.learning_steps}"),
         (cfg.train.batch_size >= 1, f"train.batch_size must be >= 1, got {cfg.train.batch_size}"),

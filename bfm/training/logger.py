@@ -156,7 +156,7 @@ class MetricLogger:
 
 def _start_wandb(run_dir: Path, settings: LoggerSettings, config: dict[str, Any], run_name: str) -> Any:
     """Starts (or resumes) a wandb run whose files live in the run directory."""
-    import wandb
+    import wandb  # lazy: an optional dependency (the [wandb] extra), and 1-2 s to import
 
     os.environ.setdefault("WANDB_SILENT", "true")
     run_id_file = run_dir / "wandb_run_id.txt"

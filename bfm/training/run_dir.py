@@ -16,12 +16,13 @@ saved config must then match the new one except for the keys in ``config.RESUMAB
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bfm.training.checkpoint import latest_checkpoint
+from bfm.training.checkpoint import resume_point, set_aside_damaged
 from bfm.training.config import ConfigError, RunConfig, incompatible_keys, run_config_from_dict
 
 CONFIG_FILE = "config.yaml"
@@ -29,28 +30,54 @@ RESULTS_FILE = "results.json"
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config a run directory was started with, or None."""
+    """The config a run directory was started with, or None.
+
+    Raises:
+        ConfigError: the file is not a YAML mapping (names it).
+    """
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         return None
-    with path.open() as f:
-        return yaml.safe_load(f)
+    try:
+        with path.open() as f:
+            values = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        values = error
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{path} is not a readable run config ({str(values).splitlines()[0][:100] if isinstance(values, Exception) else type(values).__name__}); "
+            "restore it, or delete it to resume without the config check"
+        )
+    return values
 
 
 def check_run_dir(cfg: RunConfig) -> Path | None:
     """Applies the resume rules without writing anything.
 
     Returns:
-        The checkpoint to resume from, or None for a fresh start.
+        The checkpoint to resume from (the newest intact one), or None for a fresh start.
 
     Raises:
-        ConfigError: the directory holds a run with an incompatible config, or a checkpoint
-            while ``resume=false``.
+        ConfigError: the directory cannot be written, holds a run with an incompatible config,
+            checkpoints of which none is intact, or a checkpoint while ``resume=false``.
     """
     run_dir = Path(cfg.run_dir)
-    checkpoint = latest_checkpoint(run_dir)
+    _check_writable(run_dir)
+    point = resume_point(run_dir)
+    if point.any_checkpoint and not cfg.resume:
+        name = (point.path or point.damaged[0][0]).name
+        raise ConfigError(
+            f"run directory {run_dir} already holds a checkpoint ({name}); pass resume=true to continue it or choose another run_dir=..."
+        )
+    if point.path is None and point.damaged:
+        path, problem = point.damaged[0]
+        raise ConfigError(
+            f"no intact checkpoint to resume in {run_dir}: {path.name}: {problem}"
+            + (f" (and {len(point.damaged) - 1} more damaged)" if len(point.damaged) > 1 else "")
+            + f"; restore the file, or delete {run_dir / 'checkpoints'} to train from step 0"
+        )
     saved = saved_config(run_dir)
-    if saved is not None and checkpoint is not None:
+    if saved is not None and point.path is not None:
         saved = _current_layout(saved)
         differ = incompatible_keys(saved, cfg.to_dict())
         if differ:
@@ -60,11 +87,20 @@ def check_run_dir(cfg: RunConfig) -> Path | None:
                 f"run directory {run_dir} holds a run with a different config: {shown}{more}; "
                 "use another run_dir=..., or delete the directory to start over"
             )
-    if checkpoint is not None and not cfg.resume:
+    return point.path
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run directory, or the nearest folder above it that exists, must be writable."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
         raise ConfigError(
-            f"run directory {run_dir} already holds a checkpoint ({checkpoint.name}); pass resume=true to continue it or choose another run_dir=..."
+            f"run directory {run_dir}: {existing} is a file, not a folder; choose another --run_dir"
         )
-    return checkpoint
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory {run_dir}: {existing} is not writable; choose another --run_dir")
 
 
 def _current_layout(saved: dict[str, Any]) -> dict[str, Any]:
@@ -85,11 +121,20 @@ def _get(values: dict[str, Any], dotted: str) -> Any:
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
-    """Creates the run directory and writes the resolved config (kept from the first start)."""
+    """Creates the run directory, sets damaged checkpoints aside (``damaged_step_<step>``, with a
+    warning naming the one resumed instead) and writes the resolved config (kept from the first
+    start)."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CONFIG_FILE
-    if latest_checkpoint(run_dir) is None or not path.exists():
-        with path.open("w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        point = resume_point(run_dir)
+        set_aside_damaged(point)
+        path = run_dir / CONFIG_FILE
+        if point.path is None or not path.exists():
+            with path.open("w") as f:
+                yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    except OSError as error:  # read-only file system, permissions, disk full
+        raise ConfigError(
+            f"run directory {run_dir} cannot be written ({error}); choose another --run_dir"
+        ) from None
     return run_dir

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -271,8 +272,6 @@ def _nest(values: dict[tuple[str, float], Any]) -> dict[str, dict[str, Any]]:
 
 def seed_everything(seed: int) -> None:
     """Seeds torch, numpy's legacy global generator and ``random`` (the agent's initial weights)."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,0 +1,50 @@
+"""The one error path of the three programs (train, reformat, report).
+
+Every expected failure (a bad flag or override, a missing, damaged or foreign file, an unavailable
+device, an unwritable directory, too little memory) ends the program with exit code 2 and one
+line on stderr, ``<prog>: error: <what was wrong and what to do>``. Unexpected errors (bugs) keep
+their traceback; ``BFM_TRACEBACK=1`` shows it for the expected ones too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2
+TRACEBACK_ENV = "BFM_TRACEBACK"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def fail(prog: str, message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Writes ``<prog>: error: <message>`` (one line) to stderr and exits with ``code``."""
+    sys.stderr.write(f"{prog}: error: {one_line(message)}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def one_line(message: object) -> str:
+    """A message on one line: its lines joined, indentation dropped."""
+    return " ".join(line.strip() for line in str(message).strip().splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def reported(prog: str, *expected: type[BaseException]) -> Iterator[None]:
+    """Turns the ``expected`` exceptions raised inside into :func:`fail` (unless
+    ``BFM_TRACEBACK`` is set); anything else propagates with its traceback."""
+    try:
+        yield
+    except expected as error:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        fail(prog, str(error) or type(error).__name__)

@@ -1,0 +1,109 @@
+"""The reformatter and the report: every bad input exits 2 with one line that names it, and
+leaves nothing behind (the training CLI's table is in tests/test_cli_input.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bfm.cli import reformat as exorl_reformatter
+from bfm.cli import report as plot_results
+
+
+def one_error_line(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Runs ``main(argv)``, which must end with exit 2 (returned or raised) and one stderr line."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["walker"], "argument DOMAIN_ALGO: 'walker' is not DOMAIN_ALGO with DOMAIN in"),
+        (["hopper_rnd"], "'hopper_rnd' is not DOMAIN_ALGO"),
+        (["walker_rnd", "--multiplier", "0"], "argument --multiplier: expected a number > 0, got '0'"),
+        (["walker_rnd", "--multiplier", "nan"], "argument --multiplier: expected a number > 0, got 'nan'"),
+        (["walker_rnd", "--multiplier", "-1.5"], "argument --multiplier: expected a number > 0, got '-1.5'"),
+        (["walker_rnd", "--seed", "-1"], "argument --seed: expected a whole number >= 0, got '-1'"),
+        (["walker_rnd", "--explorer", "gpu"], "argument --explorer: invalid choice: 'gpu'"),
+        (["walker_rnd", "--episode_selection", "last"], "argument --episode_selection: invalid choice"),
+        (["walker_proto", "--collect"], "walker_proto: --collect collects random, rnd, not 'proto'"),
+        (["walker_rnd", "--collect", "--device", "tpu"], "unknown device 'tpu'"),
+        (["walker_rnd", "--bogus"], "unrecognized arguments: --bogus (see exorl_reformatter.py --help)"),
+    ],
+)
+def test_reformatter_bad_input(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    line = one_error_line(exorl_reformatter.main, [*args, "--data_dir", str(tmp_path / "data")], capsys)
+    assert line.startswith("exorl_reformatter.py: error: ") and expected in line, line
+    assert not (tmp_path / "data").exists()  # nothing was created
+
+
+def test_reformatter_corrupt_dataset_without_raw_episodes_says_what_to_do(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "walker" / "rnd" / "buffer" / "dataset.npz"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"not a zip")
+    line = one_error_line(exorl_reformatter.main, ["walker_rnd", "--data_dir", str(tmp_path)], capsys)
+    assert f"delete {out} and rerun this command" in line
+    assert out.read_bytes() == b"not a zip"  # not deleted for the user
+
+
+def write_run(root: Path, name: str, results: object) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(results if isinstance(results, str) else json.dumps(results))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--reps", "0"], "argument --reps: expected a whole number >= 1, got '0'"),
+        (["--reps", "many"], "argument --reps: expected a whole number >= 1, got 'many'"),
+        (["--which", "last"], "argument --which: invalid choice: 'last'"),
+    ],
+)
+def test_report_bad_flags(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    line = one_error_line(plot_results.main, [str(tmp_path), *args], capsys)
+    assert line.startswith("plot_results.py: error: ") and expected in line
+
+
+def test_report_out_naming_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "report.txt").write_text("mine")
+    line = one_error_line(plot_results.main, [str(tmp_path), "--out", str(tmp_path / "report.txt")], capsys)
+    assert f"--out {tmp_path / 'report.txt'} is a file" in line
+    assert (tmp_path / "report.txt").read_text() == "mine"
+
+
+def test_report_only_unreadable_runs(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path, "a", '{"truncated": ')
+    line = one_error_line(plot_results.main, [str(tmp_path), "--out", str(tmp_path / "r")], capsys)
+    assert "no readable results.json" in line and "1 unreadable" in line and "a/results.json" in line
+
+
+def test_training_on_a_dataset_with_nan_observations_names_the_array(tmp_path: Path) -> None:
+    import numpy as np
+
+    from bfm.collection import make_synthetic_dataset
+    from tests.test_cli import run_cli
+
+    path = make_synthetic_dataset(tmp_path / "data", "walker", "rnd", episodes=2, episode_length=20, seed=0)
+    arrays = dict(np.load(path, allow_pickle=False))
+    arrays["observation"][1, 5, 3] = np.nan
+    np.savez(path, **arrays)
+    proc = run_cli(
+        "fb", "walker", "rnd", f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}",
+        "experiment=smoke", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("main_exorl.py: error: ") and "observation holds a non-finite value" in last
+    assert "episode position 1, row 5" in last
