@@ -4,6 +4,7 @@ server (full, resumed, unsafe archive, unreachable host), local collection and r
 import http.server
 import io
 import json
+import os
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -402,3 +403,23 @@ def test_a_silent_server_fails_fast_naming_the_url(tmp_path):
             download(url, tmp_path / "rnd.zip", timeout=0.5, backoff=0.01)
         assert time.monotonic() - start < 5
     assert not (tmp_path / "rnd.zip.part").exists() and not (tmp_path / "rnd.zip").exists()
+
+
+def test_a_killed_writers_temporary_file_is_removed(tmp_path):
+    """SIGKILL during the final write leaves .dataset.npz.tmp-<pid>; the next write removes it."""
+    import subprocess
+    import sys
+
+    from bfm.data.exorl import write_dataset
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    folder = tmp_path / "walker" / "rnd" / "buffer"
+    folder.mkdir(parents=True)
+    stale = folder / f".dataset.npz.tmp-{dead.stdout.strip()}"
+    stale.write_bytes(b"")
+    live = folder / f".dataset.npz.tmp-{os.getppid()}"  # a running process's: kept
+    live.write_bytes(b"")
+    write_dataset(folder / "dataset.npz", {"x": np.zeros(3, np.float32)}, {})
+    assert not stale.exists() and live.exists() and (folder / "dataset.npz").is_file()

@@ -208,7 +208,8 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], manife
         manifest: JSON-serialisable provenance; array shapes, dtypes and checksums are added.
 
     Returns:
-        ``path``. Nothing is left at ``path`` if writing fails.
+        ``path``. Nothing is left at ``path`` if writing fails; temporary files of earlier
+        writers that were killed (their process is gone) are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], manife
         k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": array_checksum(v)}
         for k, v in arrays.items()
     }
+    _remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -405,3 +407,19 @@ def verify_dataset(path: str | os.PathLike) -> None:
         array = read_array_prefix(path, key)
         if list(array.shape) != info["shape"] or array_checksum(array) != info["sha256"]:
             raise DatasetError(f"{path}: array {key!r} does not match its manifest checksum")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes ``.<name>.tmp-<pid>`` files beside ``path`` whose writing process no longer runs
+    (a SIGKILL during the final write leaves one that no ``finally`` could remove)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            logger.info("removed %s, left by a killed writer", tmp)
+        except PermissionError:  # a live process of another user
+            pass
