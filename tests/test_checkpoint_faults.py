@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bfm.cli import train as main_exorl
 from bfm.training.checkpoint import checkpoint_problem, resume_point
 from tests.test_cli import ROOT, run_cli
+from tests.test_cli_input import fail
 
 SMOKE = ["experiment=smoke", "train.eval_frequency=3"]
 
@@ -48,15 +48,6 @@ def resume(run_dir: Path, data_dir: Path, steps: int = 9, algo: str = "fb_m", ch
         algo, "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}", *SMOKE,
         f"train.learning_steps={steps}", check=check,
     )  # fmt: skip
-
-
-def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main_exorl.cli(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 STEP3, STEP6 = "step_000000003", "step_000000006"

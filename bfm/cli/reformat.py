@@ -62,17 +62,6 @@ def parse_pair(pair: str) -> tuple[str, str]:
     )
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:
@@ -84,15 +73,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+positive_int = errors.int_at_least(1)
+non_negative_int = errors.int_at_least(0)
 
 
 def build_parser() -> errors.Parser:

@@ -17,7 +17,6 @@ Writes ``report.md`` (overall table shaped like the paper's, plus per-task table
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -348,13 +347,6 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     parser = errors.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
@@ -363,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--which", choices=("final", "best"), default="final", help="final or best evaluation"
     )
-    parser.add_argument("--reps", type=positive_int, default=2000, help="bootstrap replications (>= 1)")
+    parser.add_argument(
+        "--reps", type=errors.int_at_least(1), default=2000, help="bootstrap replications (>= 1)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
