@@ -442,3 +442,13 @@ def test_run_dir_saved_in_the_earlier_layout_still_resumes(
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match=r"agent.memory.history_length \(4 -> 8\)"):
         rd.check_run_dir(cfg)
+
+
+def test_run_dir_that_cannot_be_created_is_refused(data_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a_file").write_text("x")
+    run_dir = tmp_path / "a_file" / "run"
+    line = fail(["fb", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={run_dir}"], capsys)
+    assert (
+        f"run directory {run_dir}: {tmp_path / 'a_file'} is a file, not a folder; choose another --run_dir"
+        in line
+    )
