@@ -1,11 +1,12 @@
 """Run configuration: plain dataclasses, one per hydra config group, plus validation.
 
-Only the CLI (``bfm.cli.train``, run by ``main_exorl.py``) knows about hydra. It registers these dataclasses as structured
-config schemas, composes ``bfm/configs/`` with the user's overrides, and hands the result to
-:func:`run_config_from_dict`, which returns a :class:`RunConfig` made of plain dataclasses. Every
-field is documented here, once.
+Only the CLI (``bfm.cli.train``, run by ``main_exorl.py``) knows about hydra. It registers schemas
+generated from these dataclasses and the agents' configs, composes ``bfm/configs/`` with the
+user's overrides, and hands the result to :func:`run_config_from_dict`, which returns a
+:class:`RunConfig` made of plain dataclasses. Every run field is documented here, once; the
+agent's fields on its config class in ``bfm.agents``.
 
-Groups: ``agent`` (the agents' own config, ``agents.FBConfig`` / ``agents.HILPConfig``, with its
+Groups: ``agent`` (the agents' own config, ``bfm.agents.FBConfig`` / ``HILPConfig``, with its
 memory models and context lengths in ``agent.memory``; the ``memory`` config group fills that),
 ``env`` (domain, dataset, POMDP settings, evaluation tasks), ``train`` (schedule and
 evaluation protocol; the ``experiment`` presets override it), ``logger`` (CSV always, wandb
