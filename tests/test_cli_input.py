@@ -249,7 +249,7 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     cfg = main_exorl.check_job({**values, "env": {**values["env"], "data_dir": str(data_dir)}})
     memory = cfg.agent.memory
     assert (memory.name, memory.history_length, memory.backward_history_length) == ("gru", 32, 8)
-    assert memory.resolved_model_dimension() == 512
+    assert memory.model_dimension == 512  # configs/memory/gru.yaml: the GRU's own default
     assert cfg.agent.recurrent_F and cfg.agent.recurrent_B
     assert (cfg.train.learning_steps, cfg.train.batch_size, cfg.train.eval_frequency) == (
         1_000_000,

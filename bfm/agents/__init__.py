@@ -39,7 +39,7 @@ def make_config(name: str, config: Any = None) -> FBConfig | HILPConfig:
         raise ValueError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
     cls = AGENTS[name][1]
     if config is None:
-        config = cls(name=name)
+        config = cls()
     elif isinstance(config, dict):
         config = from_dict(cls, {**config, "name": name})
     elif not isinstance(config, cls):

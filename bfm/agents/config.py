@@ -10,8 +10,6 @@ from typing import Any, Literal
 
 MemoryName = Literal["gru", "transformer", "s4d", "mlp"]
 MEMORY_TYPES: tuple[str, ...] = typing.get_args(MemoryName)
-# Each memory model's default ``model_dimension`` (the paper's; tests keep it equal to the models').
-DEFAULT_MODEL_DIMENSION: dict[str, int] = {"gru": 512, "transformer": 32, "s4d": 32, "mlp": 512}
 
 
 @dataclass
@@ -54,10 +52,6 @@ class MemoryConfig:
         """The memory model of ``position`` in {"F", "B", "actor"}."""
         override = {"F": self.name_F, "B": self.name_B, "actor": self.name_actor}[position]
         return override or self.name
-
-    def resolved_model_dimension(self) -> int:
-        """The size knob of the ``name`` model (fills in its default)."""
-        return self.model_dimension or DEFAULT_MODEL_DIMENSION[self.name]
 
 
 @dataclass
@@ -135,7 +129,7 @@ class RepresentationConfig:
     @property
     def memory_free(self) -> bool:
         """The names ``fb`` / ``hilp``: no memory anywhere."""
-        return not self.name.endswith("_m")
+        return is_memory_free(self.name)
 
     @property
     def history_length(self) -> int:
@@ -150,6 +144,11 @@ class RepresentationConfig:
     def memory_of(self, position: str) -> str:
         """The memory type of ``position`` in {"F", "B", "actor"}."""
         return self.memory.of(position)
+
+
+def is_memory_free(algorithm: str) -> bool:
+    """``fb`` and ``hilp`` have no memory anywhere; the ``_m`` names may have it."""
+    return not algorithm.endswith("_m")
 
 
 class SettingError(ValueError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bfm.agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
-from bfm.agents.config import upgrade_flat
+from bfm.agents.config import is_memory_free, upgrade_flat
 
 ALGORITHMS: tuple[str, ...] = tuple(AGENTS)
 EPISODE_LENGTH = 1000  # of every ExORL and evaluation episode
@@ -253,7 +253,7 @@ def agent_from_dict(values: dict[str, Any], domain: str) -> FBConfig | HILPConfi
     values = dict(values)
     name = values.pop("name", None) or "fb_m"
     _choice(name, ALGORITHMS, "algorithm")
-    if not name.endswith("_m") and (values.get("recurrent_F") or values.get("recurrent_B")):
+    if is_memory_free(name) and (values.get("recurrent_F") or values.get("recurrent_B")):
         raise ConfigError(
             f"{name} is memory-free; use {name}_m for memory in F/pi or B (--recurrent_F / --recurrent_B)"
         )
