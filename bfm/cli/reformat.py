@@ -46,6 +46,7 @@ from bfm.data.reformat import DOWNLOAD_FILE, reformat
 from bfm.envs import DOMAINS
 from bfm.training.builders import resolve_device
 from bfm.training.config import ConfigError
+from bfm.training.run_dir import nearest_existing, writable_folder
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
@@ -223,10 +224,8 @@ def check_args(args: argparse.Namespace) -> None:
                     f"(ExORL's {algo} dataset is downloaded without --collect)"
                 )
         resolve_device(args.device)
-    existing = Path(args.data_dir)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    existing = nearest_existing(Path(args.data_dir))
+    if not writable_folder(existing):
         raise ConfigError(f"--data_dir {args.data_dir}: {existing} is not a writable folder")
 
 

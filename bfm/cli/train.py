@@ -44,6 +44,7 @@ from bfm.cli import errors
 from bfm.data.exorl import DatasetError
 from bfm.training import builders, run_dir
 from bfm.training import config as tc
+from bfm.training.checkpoint import resume_point
 from bfm.training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
 from bfm.training.logger import MetricLogger
 from bfm.training.trainer import NonFiniteLossError, Trainer, seed_everything
@@ -369,8 +370,9 @@ def check_job(values: dict[str, Any]) -> RunConfig:
 
 def main(cfg: RunConfig) -> dict[str, Any]:
     """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
-    resume_from = run_dir.check_run_dir(cfg)
-    directory = run_dir.prepare_run_dir(cfg)
+    point = resume_point(Path(cfg.run_dir))  # checks every checkpoint's files once for both
+    resume_from = run_dir.check_run_dir(cfg, point)
+    directory = run_dir.prepare_run_dir(cfg, point)
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

@@ -269,7 +269,7 @@ def checkpoint_problem(path: Path) -> str | None:
         (TRAINER_FILE, Path(path) / TRAINER_FILE),
     ):
         try:
-            _load_torch(file)
+            _load_torch(file, mmap=True)  # the structure is read, the tensor data only mapped
         except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
             return f"{name} is unreadable ({str(error).splitlines()[0][:120]})"
     return None
@@ -324,15 +324,15 @@ def set_aside_damaged(point: ResumePoint) -> None:
             log.warning("checkpoint %s: %s; resuming from %s", path, problem, used)
 
 
-def _load_torch(path: Path, map_location: Any = None) -> Any:
+def _load_torch(path: Path, map_location: Any = None, mmap: bool = False) -> Any:
     """``torch.load`` without pickle. trainer.pt files written before the RNG states were stored as
     tensors hold numpy arrays: only numpy's array reconstruction is allowed for them."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         allowed = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def save_checkpoint(

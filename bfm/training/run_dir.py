@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from bfm.training.checkpoint import resume_point, set_aside_damaged
+from bfm.training.checkpoint import ResumePoint, resume_point, set_aside_damaged
 from bfm.training.config import ConfigError, RunConfig, incompatible_keys, run_config_from_dict
 
 CONFIG_FILE = "config.yaml"
@@ -51,8 +51,9 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
     return values
 
 
-def check_run_dir(cfg: RunConfig) -> Path | None:
-    """Applies the resume rules without writing anything.
+def check_run_dir(cfg: RunConfig, point: ResumePoint | None = None) -> Path | None:
+    """Applies the resume rules without writing anything (``point``: the run directory's
+    ``resume_point``, computed here when not given).
 
     Returns:
         The checkpoint to resume from (the newest intact one), or None for a fresh start.
@@ -63,7 +64,7 @@ def check_run_dir(cfg: RunConfig) -> Path | None:
     """
     run_dir = Path(cfg.run_dir)
     _check_writable(run_dir)
-    point = resume_point(run_dir)
+    point = point or resume_point(run_dir)
     if point.any_checkpoint and not cfg.resume:
         name = (point.path or point.damaged[0][0]).name
         raise ConfigError(
@@ -90,16 +91,28 @@ def check_run_dir(cfg: RunConfig) -> Path | None:
     return point.path
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself when it exists, else the nearest folder above it that does (where a
+    ``mkdir(parents=True)`` of ``path`` would start writing)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder this process may create entries in."""
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 def _check_writable(run_dir: Path) -> None:
     """The run directory, or the nearest folder above it that exists, must be writable."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(run_dir)
     if not existing.is_dir():
         raise ConfigError(
             f"run directory {run_dir}: {existing} is a file, not a folder; choose another --run_dir"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not writable_folder(existing):
         raise ConfigError(f"run directory {run_dir}: {existing} is not writable; choose another --run_dir")
 
 
@@ -120,14 +133,15 @@ def _get(values: dict[str, Any], dotted: str) -> Any:
     return values
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
-    """Creates the run directory, sets damaged checkpoints aside (``damaged_step_<step>``, with a
+def prepare_run_dir(cfg: RunConfig, point: ResumePoint | None = None) -> Path:
+    """Creates the run directory, sets damaged checkpoints aside (those of ``point``, the
+    directory's ``resume_point``, computed here when not given) (``damaged_step_<step>``, with a
     warning naming the one resumed instead) and writes the resolved config (kept from the first
     start)."""
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        point = resume_point(run_dir)
+        point = point or resume_point(run_dir)
         set_aside_damaged(point)
         path = run_dir / CONFIG_FILE
         if point.path is None or not path.exists():
