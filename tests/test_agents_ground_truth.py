@@ -15,6 +15,7 @@ import torch
 from scipy.stats import spearmanr
 
 from bfm.agents import make_agent
+from bfm.agents.base import optimizer_params
 from bfm.agents.fb import fb_measure_loss
 from bfm.agents.optim import optimizer_step, polyak_update
 from bfm.data.batch import Batch
@@ -178,7 +179,9 @@ def test_hilp_distances_rank_like_shortest_paths() -> None:
     walks = random_walks(200, 50, g)
     for _ in range(1200):
         loss, _ = agent.phi_loss(hilp_batch(walks, 256, g))
-        optimizer_step(agent.phi_optimizer, loss, agent._phi_params, agent.config.grad_clamp)
+        optimizer_step(
+            agent.phi_optimizer, loss, optimizer_params(agent.phi_optimizer), agent.config.grad_clamp
+        )
         polyak_update(agent.target_phi, agent.model.phi, agent.config.tau_phi)
     eye = torch.eye(STATES)
     with torch.no_grad():

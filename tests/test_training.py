@@ -166,7 +166,7 @@ def test_sigint_writes_checkpoint_and_stops(tmp_path: Path, fake_agent_checkpoin
 
 
 def test_full_run_results_and_csvs(tmp_path: Path, fake_agent_checkpoints: None) -> None:
-    results = make_trainer(tmp_path, FakeAgent(), steps=20).run()
+    (results,) = make_trainer(tmp_path, FakeAgent(), steps=20).run()
     assert [p["step"] for p in results["curve"]] == [0, 10, 20]
     assert results["final"]["iqm"] == {"a": {"1.0": 5.0}, "b": {"1.0": 10.0}}
     assert results["best"]["mean_iqm"] == 7.5 and results["best"]["step"] == 0

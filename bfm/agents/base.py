@@ -3,6 +3,7 @@ plumbing, checkpoints of state, and the ``inference`` decorator (no_grad + eval 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,30 @@ from torch import nn
 
 from bfm.agents.config import RepresentationConfig
 from bfm.agents.networks import Actor, State, project_to_sphere, sample_action
-from bfm.agents.optim import last_rows
+from bfm.agents.optim import last_rows, optimizer_step, polyak_update
 from bfm.data.batch import Batch
+
+Metrics = dict[str, torch.Tensor]
+Draws = dict[str, torch.Tensor]
+"""The random numbers of one update, drawn before any network runs (``AgentBase.draws``)."""
+Carry = dict[str, torch.Tensor]
+"""What one stage of an update hands to the next (z, pi(h_{t+1}) with its graph)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One optimiser step of an update.
+
+    Attributes:
+        optimizer: key of the optimizer (``AgentBase._optimizers``) that steps on the loss; it
+            steps every parameter it holds.
+        loss: ``(batch, draws, carry) -> (loss, metrics, carry)``, free of random draws and of
+            in-place changes to parameters, so that it can run under ``torch.func.vmap`` for
+            several seeds at once (``agents.seeds``).
+    """
+
+    optimizer: str
+    loss: Callable[[Batch, Draws, Carry], tuple[torch.Tensor, Metrics, Carry]]
 
 
 class AgentBase:
@@ -53,6 +76,45 @@ class AgentBase:
             torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
         )  # [n, 1]
         return z, perm, mix
+
+    def draws(self, n: int) -> Draws:
+        """Every random number of one update of batch size n, from the agent's generator in a
+        fixed order: sphere z [n, d], permutation [n], mix rows [n, 1] (``_z_draws``), then the
+        target-action noise and the actor-loss noise [n, A]."""
+        z, perm, mix = self._z_draws(n)
+        target_noise = self._randn(n, self.action_dim)
+        actor_noise = self._randn(n, self.action_dim)
+        return {"z": z, "perm": perm, "mix": mix, "target_noise": target_noise, "actor_noise": actor_noise}
+
+    def stages(self) -> list[Stage]:
+        """The optimiser steps of one update, in order (subclasses)."""
+        raise NotImplementedError
+
+    def target_pairs(self) -> list[tuple[str, str, float]]:
+        """(target module key in ``_modules``, online submodule of ``model``, Polyak tau) per target."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch, step: int = 0) -> Metrics:
+        """One training step: the draws, each stage's loss and optimiser step, then the Polyak targets.
+
+        Args:
+            batch: a ``Batch`` on the agent's device (with goal fields when ``batch_spec`` asks).
+            step: the global step (unused; kept for the trainer's interface).
+
+        Returns:
+            Metrics as detached 0-d tensors (no host synchronisation), named by stage.
+        """
+        draws, carry, metrics = self.draws(batch.batch_size), {}, {}
+        optimizers = self._optimizers()
+        for stage in self.stages():
+            loss, stage_metrics, carry = stage.loss(batch, draws, carry)
+            optimizer = optimizers[stage.optimizer]
+            optimizer_step(optimizer, loss, optimizer_params(optimizer), self.config.grad_clamp)
+            metrics.update(stage_metrics)
+        modules = self._modules()
+        for target, online, tau in self.target_pairs():
+            polyak_update(modules[target], self.model.get_submodule(online), tau)
+        return metrics
 
     def next_policy(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         """mu = pi(h_{t+1}, z) [n, A] with gradient, shared by the target action and the actor loss."""
@@ -136,6 +198,11 @@ class AgentBase:
                 o.load_state_dict(state["optimizers"][k])
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu())
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter an optimizer steps, in the order of its groups."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def inference(method: Callable) -> Callable:

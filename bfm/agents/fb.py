@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bfm.agents.base import AgentBase, InferenceMixin, inference
+from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, Stage, inference
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
@@ -38,12 +38,8 @@ from bfm.agents.optim import (
     make_target,
     maybe_compile,
     offdiag_mean,
-    optimizer_step,
-    polyak_update,
 )
 from bfm.data.batch import Batch, BatchSpec
-
-Metrics = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -196,10 +192,6 @@ class FBAgent(AgentBase):
         self.model = FBModel(obs_dim, goal_dim, action_dim, config).to(self.device)
         self.target_forward = make_target(self.model.forward_map)
         self.target_backward = make_target(self.model.backward_map)
-        self._fb_params = list(self.model.forward_map.parameters()) + list(
-            self.model.backward_map.parameters()
-        )
-        self._actor_params = list(self.model.actor.parameters())
         configure_device(config, self.device)
         self.fb_optimizer = make_adam(
             [
@@ -213,7 +205,9 @@ class FBAgent(AgentBase):
             config,
             self.device,
         )
-        self.actor_optimizer = make_adam(self._actor_params, config.lr_actor, config, self.device)
+        self.actor_optimizer = make_adam(
+            list(self.model.actor.parameters()), config.lr_actor, config, self.device
+        )
         self._setup_generator()
         self._fb_loss_fn = maybe_compile(self.fb_loss, config)
         self._actor_loss_fn = maybe_compile(self.actor_loss, config)
@@ -228,19 +222,34 @@ class FBAgent(AgentBase):
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"fb": self.fb_optimizer, "actor": self.actor_optimizer}
 
+    def stages(self) -> list[Stage]:
+        """The F/B step on the measure loss, then the actor step."""
+        return [Stage("fb", self._fb_stage), Stage("actor", self._actor_stage)]
+
+    def target_pairs(self) -> list[tuple[str, str, float]]:
+        return [
+            ("target_forward", "forward_map", self.config.tau),
+            ("target_backward", "backward_map", self.config.tau),
+        ]
+
     @torch.no_grad()
-    def sample_z(self, batch: Batch, goal_b: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_z(
+        self, batch: Batch, goal_b: torch.Tensor | None = None, draws: Draws | None = None
+    ) -> torch.Tensor:
         """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by online B of permuted goals.
 
         Args:
             batch: training windows.
             goal_b: [n, d] online B of the batch's g_{t+1} windows (``z_mix_goal="next"``); when
                 None, B is computed here (of g_{t+1} or, with ``z_mix_goal="current"``, g_t).
+            draws: the update's ``draws`` (z, perm, mix); drawn here when None.
 
         Returns:
             z [n, d], every row of norm sqrt(d).
         """
-        z, perm, mix = self._z_draws(batch.batch_size)  # [n, d], [n], [n, 1]
+        if draws is None:
+            draws = dict(zip(("z", "perm", "mix"), self._z_draws(batch.batch_size), strict=True))
+        z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
         if goal_b is None:
             rec = self.model.backward_map.recurrent
             window = slice(None, -1) if self.config.z_mix_goal == "current" else slice(1, None)
@@ -318,31 +327,19 @@ class FBAgent(AgentBase):
             "action_abs": next_mu.detach().abs().mean(),
         }
 
-    def update(self, batch: Batch, step: int = 0) -> Metrics:
-        """One training step: online B(g_{t+1}), z sampling, F/B step, actor step, Polyak targets.
-
-        Args:
-            batch: a ``Batch`` on the agent's device.
-            step: the global step (unused; kept for the trainer's interface).
-
-        Returns:
-            Metrics as detached 0-d tensors (no host synchronisation), names prefixed fb/, actor/.
-        """
+    def _fb_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+        """Online B(g_{t+1}), z, pi(h_{t+1}, z) and the F/B loss; carries z and pi(h_{t+1}, z)."""
         cfg = self.config
-        n, A = batch.batch_size, self.action_dim
         B = self.online_backward(batch) if cfg.z_mix_goal == "next" else None  # [n, d], with grad
-        z = self.sample_z(batch, B)  # [n, d]
-        target_noise, actor_noise = self._randn(n, A), self._randn(n, A)
+        z = self.sample_z(batch, B, draws)  # [n, d]
         with self._autocast():
             next_mu = self.next_policy(batch, z).float()  # [n, A]
-        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), target_noise, B)
-        optimizer_step(self.fb_optimizer, fb, self._fb_params, cfg.grad_clamp)
-        actor, actor_metrics = self._actor_loss_fn(batch, z, next_mu, actor_noise)
-        optimizer_step(self.actor_optimizer, actor, self._actor_params, cfg.grad_clamp)
-        polyak_update(self.target_forward, self.model.forward_map, cfg.tau)
-        polyak_update(self.target_backward, self.model.backward_map, cfg.tau)
+        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), draws["target_noise"], B)
         metrics = {f"fb/{k}": v for k, v in fb_metrics.items()}
-        metrics.update({f"actor/{k}": v for k, v in actor_metrics.items()})
         metrics["fb/total_loss"] = fb.detach()
         metrics["z/mix_norm"] = z.norm(dim=-1).mean() / math.sqrt(cfg.z_dim)
-        return metrics
+        return fb, metrics, {"z": z, "next_mu": next_mu}
+
+    def _actor_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+        actor, metrics = self._actor_loss_fn(batch, carry["z"], carry["next_mu"], draws["actor_noise"])
+        return actor, {f"actor/{k}": v for k, v in metrics.items()}, carry

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bfm.agents.base import AgentBase, InferenceMixin, inference
+from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, Stage, inference
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
@@ -42,12 +42,8 @@ from bfm.agents.optim import (
     make_adam,
     make_target,
     maybe_compile,
-    optimizer_step,
-    polyak_update,
 )
 from bfm.data.batch import Batch, BatchSpec, GoalSampling
-
-Metrics = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -185,13 +181,14 @@ class HILPAgent(AgentBase):
         self.model = HILPModel(obs_dim, goal_dim, action_dim, config).to(self.device)
         self.target_forward = make_target(self.model.forward_map)
         self.target_phi = make_target(self.model.phi)
-        self._psi_params = list(self.model.forward_map.parameters())
-        self._phi_params = list(self.model.phi.parameters())
-        self._actor_params = list(self.model.actor.parameters())
         configure_device(config, self.device)
-        self.psi_optimizer = make_adam(self._psi_params, config.lr_f, config, self.device)
-        self.phi_optimizer = make_adam(self._phi_params, config.lr_phi, config, self.device)
-        self.actor_optimizer = make_adam(self._actor_params, config.lr_actor, config, self.device)
+        self.psi_optimizer = make_adam(
+            list(self.model.forward_map.parameters()), config.lr_f, config, self.device
+        )
+        self.phi_optimizer = make_adam(list(self.model.phi.parameters()), config.lr_phi, config, self.device)
+        self.actor_optimizer = make_adam(
+            list(self.model.actor.parameters()), config.lr_actor, config, self.device
+        )
         self._setup_generator()
         self._sf_loss_fn = maybe_compile(self.sf_loss, config)
         self._phi_loss_fn = maybe_compile(self.phi_loss, config)
@@ -203,16 +200,33 @@ class HILPAgent(AgentBase):
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"psi": self.psi_optimizer, "phi": self.phi_optimizer, "actor": self.actor_optimizer}
 
+    def stages(self) -> list[Stage]:
+        """The psi step, the phi step, then the actor step."""
+        return [
+            Stage("psi", self._sf_stage),
+            Stage("phi", self._phi_stage),
+            Stage("actor", self._actor_stage),
+        ]
+
+    def target_pairs(self) -> list[tuple[str, str, float]]:
+        return [
+            ("target_forward", "forward_map", self.config.tau),
+            ("target_phi", "phi", self.config.tau_phi),
+        ]
+
     @torch.no_grad()
-    def sample_z(self, phi_next: torch.Tensor) -> torch.Tensor:
+    def sample_z(self, phi_next: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
         """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by
         sqrt(d) normalise(phi(g'_perm) Sigma^+), Sigma = phi^T phi / n.
 
         Args:
             phi_next: [n, d] exposed features of the batch's next goals g_{t+1}.
+            draws: the update's ``draws`` (z, perm, mix); drawn here when None.
         """
         n = phi_next.shape[0]
-        z, perm, mix = self._z_draws(n)  # [n, d], [n], [n, 1]
+        if draws is None:
+            draws = dict(zip(("z", "perm", "mix"), self._z_draws(n), strict=True))
+        z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
         sigma = phi_next.T @ phi_next / n  # [d, d]
         z_goal = project_to_sphere(phi_next[perm] @ torch.linalg.pinv(sigma, hermitian=True))  # [n, d]
         return torch.where(mix, z_goal, z)
@@ -296,35 +310,22 @@ class HILPAgent(AgentBase):
         loss = -q.mean()
         return loss, {"loss": loss.detach(), "q": q.mean().detach()}
 
-    def update(self, batch: Batch, step: int = 0) -> Metrics:
-        """One training step: z sampling, psi step, phi step, actor step, Polyak targets.
-
-        Args:
-            batch: a ``Batch`` with the HILP goal fields, on the agent's device.
-            step: the global step (unused).
-
-        Returns:
-            Metrics as detached 0-d tensors, prefixed sf/, phi/, actor/.
-        """
-        cfg = self.config
-        n, A = batch.batch_size, self.action_dim
+    def _sf_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+        """phi(g_{t+1}), z, pi(h_{t+1}, z) and the psi loss; carries z and pi(h_{t+1}, z)."""
         with torch.no_grad(), self._autocast():
             phi_next = self.model.raw_features(
                 batch.goal_window[:, 1:], batch.goal_action_window[:, 1:]
-            ).float()
-        z = self.sample_z(phi_next)  # [n, d]
-        target_noise, actor_noise = self._randn(n, A), self._randn(n, A)
+            ).float()  # [n, d]
+        z = self.sample_z(phi_next, draws)  # [n, d]
         with self._autocast():
             next_mu = self.next_policy(batch, z).float()  # [n, A]
-        sf, sf_metrics = self._sf_loss_fn(batch, z, phi_next, next_mu.detach(), target_noise)
-        optimizer_step(self.psi_optimizer, sf, self._psi_params, cfg.grad_clamp)
-        phi, phi_metrics = self._phi_loss_fn(batch)
-        optimizer_step(self.phi_optimizer, phi, self._phi_params, cfg.grad_clamp)
-        actor, actor_metrics = self._actor_loss_fn(batch, z, next_mu, actor_noise)
-        optimizer_step(self.actor_optimizer, actor, self._actor_params, cfg.grad_clamp)
-        polyak_update(self.target_forward, self.model.forward_map, cfg.tau)
-        polyak_update(self.target_phi, self.model.phi, cfg.tau_phi)
-        metrics = {f"sf/{k}": v for k, v in sf_metrics.items()}
-        metrics.update({f"phi/{k}": v for k, v in phi_metrics.items()})
-        metrics.update({f"actor/{k}": v for k, v in actor_metrics.items()})
-        return metrics
+        sf, metrics = self._sf_loss_fn(batch, z, phi_next, next_mu.detach(), draws["target_noise"])
+        return sf, {f"sf/{k}": v for k, v in metrics.items()}, {"z": z, "next_mu": next_mu}
+
+    def _phi_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+        phi, metrics = self._phi_loss_fn(batch)
+        return phi, {f"phi/{k}": v for k, v in metrics.items()}, carry
+
+    def _actor_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+        actor, metrics = self._actor_loss_fn(batch, carry["z"], carry["next_mu"], draws["actor_noise"])
+        return actor, {f"actor/{k}": v for k, v in metrics.items()}, carry

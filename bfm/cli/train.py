@@ -44,10 +44,10 @@ from bfm.cli import errors
 from bfm.data.exorl import DatasetError
 from bfm.training import builders, run_dir
 from bfm.training import config as tc
-from bfm.training.checkpoint import resume_point
+from bfm.training.checkpoint import global_rng_state, resume_point
 from bfm.training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
 from bfm.training.logger import MetricLogger
-from bfm.training.trainer import NonFiniteLossError, Trainer, seed_everything
+from bfm.training.trainer import NonFiniteLossError, SeedRun, Trainer, seed_everything
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
@@ -345,9 +345,33 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[dict[str, Any]]:
                 compose(config_name="config", overrides=[o for o in job if not o.startswith("hydra")])
                 for job in job_overrides
             ]
-            return [OmegaConf.to_container(c, resolve=True) for c in configs]  # type: ignore[misc]
+            return [values for c in configs for values in expand_seeds(c)]
     finally:
         GlobalHydra.instance().clear()
+
+
+def expand_seeds(composed: Any) -> list[dict[str, Any]]:
+    """The resolved config of every seed of a composed job: ``seeds=K`` gives K configs with seeds
+    ``seed, ..., seed + K - 1`` and the run directories those seeds resolve to.
+
+    Raises:
+        ConfigError: seeds < 1, or run directories that do not differ by seed.
+    """
+    seeds = composed.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be an integer >= 1, got {seeds!r}")
+    out = []
+    for k in range(seeds):
+        one = composed.copy()
+        one.seed = composed.seed + k
+        out.append(OmegaConf.to_container(one, resolve=True))
+    dirs = [values["run_dir"] for values in out]
+    if len(set(dirs)) < len(dirs):
+        raise ConfigError(
+            f"seeds={seeds} writes one run directory per seed, but run_dir {dirs[0]} does not depend on the "
+            "seed; leave run_dir to its default (it ends in seed<seed>) or put ${seed} in it"
+        )
+    return out  # type: ignore[return-value]
 
 
 def check_job(values: dict[str, Any]) -> RunConfig:
@@ -368,26 +392,33 @@ def check_job(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def main(cfg: RunConfig) -> dict[str, Any]:
-    """One training run: environment, buffer, agent, logger, evaluator, then the loop."""
-    point = resume_point(Path(cfg.run_dir))  # checks every checkpoint's files once for both
-    resume_from = run_dir.check_run_dir(cfg, point)
-    directory = run_dir.prepare_run_dir(cfg, point)
-    seed_everything(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    device = builders.resolve_device(cfg.device)
-    setup = builders.make_env(cfg)
-    buffer = builders.make_buffer(cfg, setup, device)
-    agent = builders.make_agent(cfg, buffer, device)
-    logger = MetricLogger(directory, cfg.logger, cfg.to_dict(), run_name=str(cfg.run_dir))
-    evaluator = builders.make_evaluator(cfg, setup, buffer, device)
-    trainer = Trainer(
-        cfg, agent, buffer, evaluator, logger, provenance=builders.provenance(cfg, setup, buffer)
-    )
-    log.info("run %s on %s (resume from %s)", directory, device, resume_from)
+def main(cfg: RunConfig | list[RunConfig]) -> list[dict[str, Any]]:
+    """One training run (one config, or one per seed of a ``seeds=K`` run): environment, buffer,
+    agent, logger and evaluator of each seed, then the loop. Returns each seed's results."""
+    cfgs = cfg if isinstance(cfg, list) else [cfg]
+    first = cfgs[0]
+    points = [resume_point(Path(c.run_dir)) for c in cfgs]  # checks every checkpoint's files once
+    resume_from = run_dir.common_resume(cfgs, points)
+    directories = [run_dir.prepare_run_dir(c, p) for c, p in zip(cfgs, points, strict=True)]
+    if first.torch_threads:
+        torch.set_num_threads(first.torch_threads)
+    device = builders.resolve_device(first.device)
+    setup = builders.make_env(first)
+    runs, buffer = [], None
+    for c, directory in zip(cfgs, directories, strict=True):
+        seed_everything(c.seed)
+        buffer = builders.make_buffer(c, setup, device, like=buffer)
+        agent = builders.make_agent(c, buffer, device)
+        logger = MetricLogger(directory, c.logger, c.to_dict(), run_name=str(c.run_dir))
+        evaluator = builders.make_evaluator(c, setup, buffer, device)
+        provenance = builders.provenance(c, setup, buffer)
+        rng = global_rng_state() if len(cfgs) > 1 else None
+        runs.append(SeedRun(c, agent, buffer, evaluator, logger, provenance, rng))
+    trainer = Trainer.for_seeds(runs, builders.make_seed_batch(first, [r.agent for r in runs]))
+    log.info("run %s on %s (resume from %s)", ", ".join(map(str, directories)), device, resume_from)
     results = trainer.run(resume_from)
-    print(format_summary(results))
+    for one in results:
+        print(format_summary(one))
     return results
 
 
@@ -409,13 +440,13 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _task(hydra_cfg: Any) -> dict[str, Any]:
+def _task(hydra_cfg: Any) -> list[dict[str, Any]]:
     """Hydra job entry point: plain dataclasses from here on."""
     try:
         with errors.reported(PROG, ConfigError, DatasetError):
-            cfg = tc.run_config_from_dict(OmegaConf.to_container(hydra_cfg, resolve=True))  # type: ignore[arg-type]
+            cfgs = [tc.run_config_from_dict(values) for values in expand_seeds(hydra_cfg)]
             try:
-                return main(cfg)
+                return main(cfgs)
             except (MemoryError, torch.OutOfMemoryError) as error:
                 raise ConfigError(
                     f"out of memory ({errors.one_line(error)[:160] or 'MemoryError'}); reduce train.batch_size, "
@@ -445,7 +476,7 @@ def cli(argv: list[str] | None = None) -> None:
             cfg = check_job(values)
             if cfg.run_dir in seen:
                 raise ConfigError(
-                    f"sweep jobs {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
+                    f"sweep jobs (seeds) {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
                 )
             seen[cfg.run_dir] = index
     except ConfigError as error:

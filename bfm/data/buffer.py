@@ -10,6 +10,7 @@ the ones documented in ``data/batch.py``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -89,9 +90,7 @@ class SequenceBuffer:
         self.device = torch.device(device)
         self.resample_per_batch, self.pad_with_zeros = resample_per_batch, pad_with_zeros
         self._transforms = (dynamics_transform, rewards_transform)
-        self._np_rngs = [np.random.default_rng([seed, stream]) for stream in (0, 1)]
-        self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 2))
-        self.labelled_generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 3))
+        self._seed_generators(seed)
 
         obs, action, rewards = self._load(episodes, episode_selection)
         self.num_episodes, self.rows = obs.shape[0], obs.shape[1]
@@ -119,6 +118,22 @@ class SequenceBuffer:
             self.num_episodes, self.episode_length, ", ".join(map(str, self.paths)),
             self.obs_dim, self.goal_dim, self.action_dim, self.device,
         )  # fmt: skip
+
+    def _seed_generators(self, seed: int) -> None:
+        """Every random stream of the buffer, derived from the run seed."""
+        self._np_rngs = [np.random.default_rng([seed, stream]) for stream in (0, 1)]
+        self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 2))
+        self.labelled_generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, 3))
+
+    def with_seed(self, seed: int) -> SequenceBuffer | None:
+        """The same data with the random streams of another seed (sharing the arrays), as a buffer
+        built with that seed would sample it; None when the data themselves depend on the seed
+        (a POMDP corruption drawn once at load, ``resample_per_batch=False``)."""
+        if not self.resample_per_batch and not all(_is_identity(t) for t in self._transforms):
+            return None
+        other = copy.copy(self)
+        other._seed_generators(seed)
+        return other
 
     # ------------------------------------------------------------------------------------------
     # loading

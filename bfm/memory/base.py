@@ -64,7 +64,11 @@ class MemoryModel(nn.Module):
         context_length: the training window length L (the frame-stacking MLP needs it; the other
             models accept any length).
         model_dimension: the model's single size knob (see each model).
+        vmap_friendly: run with operations that ``torch.func.vmap`` can batch (set on the template
+            of a multi-seed update, ``agents.seeds``); the result is the same up to rounding.
     """
+
+    vmap_friendly: bool = False
 
     def __init__(self, input_dim: int, output_dim: int, context_length: int, model_dimension: int) -> None:
         super().__init__()

@@ -54,6 +54,8 @@ class GRUMemory(MemoryModel):
 
     def _run(self, tokens: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         features = self.token_mlp(tokens)  # [B, L, token_dim]
+        if self.vmap_friendly:  # torch's fused GRU has no vmap batching rule
+            return self._unrolled(features, h)
         if h is None and self.num_layers == 1 and self.model_dimension >= self.zero_state_min_hidden:
             # From the empty state h_0 = 0, W_hh h_0 = 0: the first step needs no hidden-state
             # product (nor its weight gradient), which the fused call would compute anyway.
@@ -65,6 +67,40 @@ class GRUMemory(MemoryModel):
         hx = None if h is None else h.transpose(0, 1).contiguous()  # [layers, B, hidden]
         _, h_n = self.gru(features, hx)  # [layers, B, hidden]
         return h_n.transpose(0, 1)  # [B, layers, hidden]
+
+    def _unrolled(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """The GRU written out step by step (torch's equations), for ``vmap_friendly``.
+
+        Args:
+            x: [B, L, token_dim] token features.
+            h: [B, layers, hidden] initial state, or None for zeros.
+
+        Returns:
+            [B, layers, hidden], the final state of every layer.
+        """
+        finals = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh = getattr(self.gru, f"weight_ih_l{layer}"), getattr(self.gru, f"weight_hh_l{layer}")
+            b_ih, b_hh = getattr(self.gru, f"bias_ih_l{layer}"), getattr(self.gru, f"bias_hh_l{layer}")
+            gi = nn.functional.linear(x, w_ih, b_ih)  # [B, L, 3 hidden], every step at once
+            state = None if h is None else h[:, layer].to(gi.dtype)  # [B, hidden]
+            outputs = []
+            hidden = self.model_dimension
+            for gi_t in gi.unbind(1):  # unbind: one gradient stack (indexing would add L zero-filled ones)
+                if state is None:  # h = 0: W_hh h = 0
+                    gh = b_hh.to(gi.dtype).expand_as(gi_t)  # [B, 3 hidden]
+                else:
+                    gh = torch.addmm(b_hh.to(gi.dtype), state, w_hh.to(gi.dtype).t())  # [B, 3 hidden]
+                ru = torch.sigmoid(gi_t[:, : 2 * hidden] + gh[:, : 2 * hidden])  # [B, 2 hidden]: r, u
+                r, u = ru[:, :hidden], ru[:, hidden:]
+                n = torch.tanh(torch.addcmul(gi_t[:, 2 * hidden :], r, gh[:, 2 * hidden :]))  # [B, hidden]
+                # h' = (1 - u) n + u h = lerp(n, h, u)
+                state = (1 - u) * n if state is None else torch.lerp(n, state, u)  # [B, hidden]
+                outputs.append(state)
+            finals.append(state)
+            if layer < self.num_layers - 1:
+                x = torch.stack(outputs, dim=1)  # [B, L, hidden], the next layer's input
+        return torch.stack(finals, dim=1)  # [B, layers, hidden]
 
     def _first_step(self, x: torch.Tensor) -> torch.Tensor:
         """GRU layer 0 from h = 0 on x [B, token_dim]: torch's GRU equations with W_hh h = 0.

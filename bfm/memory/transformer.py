@@ -33,6 +33,8 @@ class Block(nn.Module):
     is causal multi-head self-attention through ``scaled_dot_product_attention``, QKV without bias.
     """
 
+    vmap_friendly: bool = False  # written-out attention (``MemoryModel.vmap_friendly``)
+
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
@@ -70,11 +72,24 @@ class Block(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, heads, P+M, dh]
             v = torch.cat([past[1], v], dim=2)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)  # [B, heads, M, dh]
+        if self.vmap_friendly:  # the CPU attention kernel has no vmap batching rule
+            attended = _attention(q, k, v, causal=past is None)  # [B, heads, M, dh]
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)  # [B, heads, M, dh]
         attended = attended.transpose(1, 2).reshape(batch, length, dim)  # [B, M, d]
         x = x + self.norm_attention_out(self.attention_out(attended))
         x = x + self.ffn(self.norm_ffn(x))  # [B, M, d]
         return x, k, v
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh)) v with a causal mask when ``causal``: what
+    ``scaled_dot_product_attention`` computes, written out (q [..., M, dh], k, v [..., P, dh])."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [..., M, P]
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # [..., M, dh]
 
 
 class TransformerMemory(MemoryModel):

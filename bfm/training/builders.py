@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from bfm import agents, envs
+from bfm.agents.seeds import SeedBatch, unbatchable_reason
 from bfm.data import SequenceBuffer, dataset_path
 from bfm.data.exorl import create_command
 from bfm.training.config import ConfigError, RunConfig
@@ -104,8 +105,18 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
     return paths
 
 
-def make_buffer(cfg: RunConfig, setup: EnvSetup, device: torch.device) -> SequenceBuffer:
-    """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load)."""
+def make_buffer(
+    cfg: RunConfig, setup: EnvSetup, device: torch.device, like: SequenceBuffer | None = None
+) -> SequenceBuffer:
+    """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load).
+
+    ``like``: the buffer of another seed of the same run; its arrays are shared when they do not
+    depend on the seed (``SequenceBuffer.with_seed``), so K seeds hold the data once.
+    """
+    if like is not None:
+        shared = like.with_seed(cfg.seed)
+        if shared is not None:
+            return shared
     return SequenceBuffer(
         dataset_paths(cfg, setup.domain),
         setup.domain,
@@ -128,6 +139,21 @@ def make_agent(cfg: RunConfig, buffer: Any, device: torch.device) -> Any:
     return agents.make_agent(
         cfg.agent.name, buffer.obs_dim, buffer.goal_dim, buffer.action_dim, cfg.agent, device, seed=cfg.seed
     )
+
+
+def make_seed_batch(cfg: RunConfig, agents_: list[Any]) -> SeedBatch | None:
+    """The batched update of a multi-seed run (``agents.seeds``), or None: one seed, ``batch_seeds``
+    off, or a configuration that cannot be batched (then the seeds are updated one after another,
+    with a warning saying why)."""
+    if len(agents_) == 1 or not cfg.batch_seeds:
+        return None
+    reason = unbatchable_reason(agents_[0])
+    if reason is not None:
+        log.warning("seeds updated one after another, not batched: %s", reason)
+        return None
+    if cfg.agent.compile:
+        log.warning("compile is not applied to the batched update of several seeds (agents.seeds)")
+    return SeedBatch(agents_)
 
 
 def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.device) -> Evaluator:

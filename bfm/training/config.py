@@ -42,6 +42,8 @@ DOMAIN_DEPENDENT_FIELDS: tuple[str, ...] = tuple(sorted({k for d in DOMAIN_DEFAU
 
 # Keys that may differ between a run directory's saved config and a resumed run.
 RESUMABLE_KEYS: tuple[str, ...] = (
+    "seeds",
+    "batch_seeds",
     "train.learning_steps",
     "train.log_interval",
     "train.show_progress",
@@ -166,6 +168,11 @@ class RunConfig:
         resume: continue from the run directory's last checkpoint when it has one (the
             default: rerunning a command continues it). False refuses to touch a directory
             that already holds a checkpoint.
+        seeds: seeds trained together in this process, ``seed`` to ``seed + seeds - 1``, each
+            in the run directory its seed resolves to (README, "Several seeds in one process").
+        batch_seeds: update the seeds of a ``seeds > 1`` run as one batched computation
+            (``agents.seeds``; equal to separate runs up to rounding); false updates them one
+            after another (equal to separate runs exactly).
     """
 
     agent: FBConfig | HILPConfig = field(default_factory=FBConfig)
@@ -177,6 +184,8 @@ class RunConfig:
     run_dir: str = "runs/default"
     resume: bool = True
     torch_threads: int | None = None
+    seeds: int = 1
+    batch_seeds: bool = True
 
     @property
     def history_length(self) -> int:
@@ -233,7 +242,7 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     groups = {"env": EnvSettings, "train": TrainSettings, "logger": LoggerSettings}
     kwargs: dict[str, Any] = {name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items()}
     kwargs["agent"] = agent_from_dict(values.get("agent") or {}, kwargs["env"].domain)
-    for key in ("seed", "device", "run_dir", "resume", "torch_threads"):
+    for key in ("seed", "device", "run_dir", "resume", "torch_threads", "seeds", "batch_seeds"):
         if key in values and values[key] is not None:
             kwargs[key] = values[key]
     cfg = RunConfig(**kwargs)
@@ -303,6 +312,7 @@ def validate_names(cfg: RunConfig) -> None:
     longest = max(cfg.agent.memory.history_length, cfg.agent.memory.backward_history_length)
     checks = [
         (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+        (cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}"),
         (
             longest <= EPISODE_LENGTH,
             f"history lengths must be <= {EPISODE_LENGTH} (an episode's length), got {longest}",

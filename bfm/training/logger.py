@@ -172,6 +172,7 @@ def _start_wandb(run_dir: Path, settings: LoggerSettings, config: dict[str, Any]
         resume="allow",
         config=config,
         tags=list(settings.tags),
+        reinit="create_new",  # the seeds of a seeds=K run log to K runs at once
     )
     log.info("wandb run %s (%s mode) in %s", run_id, settings.mode, run_dir)
     return run

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from bfm.training.checkpoint import ResumePoint, resume_point, set_aside_damaged
+from bfm.training.checkpoint import ResumePoint, checkpoint_problem, resume_point, set_aside_damaged
 from bfm.training.config import ConfigError, RunConfig, incompatible_keys, run_config_from_dict
 
 CONFIG_FILE = "config.yaml"
@@ -89,6 +89,46 @@ def check_run_dir(cfg: RunConfig, point: ResumePoint | None = None) -> Path | No
                 "use another run_dir=..., or delete the directory to start over"
             )
     return point.path
+
+
+def common_resume(cfgs: list[RunConfig], points: list[ResumePoint]) -> Path | None | list[Path | None]:
+    """The resume rules for every seed of a run (``check_run_dir`` each), and the checkpoint each
+    seed continues from: one path (or None) for one seed; for several, one step for all (the seeds
+    train in step), the newest step every seed has an intact checkpoint of.
+
+    Raises:
+        ConfigError: a seed's directory breaks a resume rule, or the seeds share no step (some
+            have checkpoints and others none, or their kept checkpoints do not meet).
+    """
+    paths = [check_run_dir(c, p) for c, p in zip(cfgs, points, strict=True)]
+    if len(cfgs) == 1:
+        return paths[0]
+    if all(path is None for path in paths):
+        return paths
+    steps = {c.seed: None if path is None else _step_of(path) for c, path in zip(cfgs, paths, strict=True)}
+    shown = ", ".join(
+        f"seed {seed}: {'no checkpoint' if step is None else f'step {step}'}" for seed, step in steps.items()
+    )
+    fix = "resume the seeds one at a time (seeds=1 seed=...), or delete their checkpoints to start them together"
+    if any(path is None for path in paths):
+        raise ConfigError(
+            f"the seeds of a seeds={len(cfgs)} run train in step, but their run directories differ ({shown}); {fix}"
+        )
+    common = min(step for step in steps.values() if step is not None)
+    out: list[Path | None] = []
+    for path in paths:
+        same = path.parent / f"step_{common:09d}"  # type: ignore[union-attr]
+        if not same.is_dir() or checkpoint_problem(same) is not None:
+            raise ConfigError(
+                f"the seeds of a seeds={len(cfgs)} run train in step, but no step has an intact checkpoint in every "
+                f"run directory ({shown}; {same} missing or damaged); {fix}"
+            )
+        out.append(same)
+    return out
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("_")[-1])
 
 
 def nearest_existing(path: Path) -> Path:

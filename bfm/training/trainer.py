@@ -10,6 +10,7 @@ last checkpoint written before it is the last good one and is left untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -24,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bfm.agents.seeds import SeedBatch
 from bfm.data.progress import progress
-from bfm.training.checkpoint import load_checkpoint, save_checkpoint
+from bfm.training.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from bfm.training.config import RunConfig
 from bfm.training.evaluation import EvalResult, Evaluator
 from bfm.training.logger import MetricLogger
@@ -38,8 +40,53 @@ class NonFiniteLossError(RuntimeError):
     """A training metric became NaN or infinite."""
 
 
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's share of a training run, in its own run directory.
+
+    Attributes:
+        cfg: the seed's run config (its ``seed`` and ``run_dir``; the training settings are those of
+            every seed of the run).
+        agent: agent with ``update(batch, step) -> dict[str, Tensor]``.
+        buffer: SequenceBuffer with ``sample(batch_size, spec)`` (spec: ``agent.batch_spec``).
+        evaluator: zero-shot evaluator.
+        logger: metric logger writing into the run directory.
+        provenance: dataset description stored in results.json.
+        rng: this seed's state of torch's, numpy's and python's global generators while another
+            seed's code runs (several seeds in one process); None for a single-seed run, which
+            owns them.
+    """
+
+    cfg: RunConfig
+    agent: Any
+    buffer: Any
+    evaluator: Evaluator
+    logger: MetricLogger
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rng: dict[str, Any] | None = None
+    last_checkpoint: tuple[int, Path] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    @contextlib.contextmanager
+    def global_rng(self) -> Iterator[None]:
+        """Runs the block with this seed's global generator states (and keeps what it leaves)."""
+        if self.rng is None:
+            yield
+            return
+        outside = global_rng_state()
+        set_global_rng_state(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = global_rng_state()
+            set_global_rng_state(outside)
+
+
 class Trainer:
-    """Runs one training run in its run directory.
+    """Runs a training run: one seed, or several seeds of one configuration in step.
 
     Args:
         cfg: run config.
@@ -48,6 +95,10 @@ class Trainer:
         evaluator: zero-shot evaluator.
         logger: metric logger writing into the run directory.
         provenance: dataset description stored in results.json.
+
+    ``Trainer.for_seeds`` trains several ``SeedRun`` together: every step samples one batch per
+    seed and updates all seeds, batched (``agents.seeds.SeedBatch``) or one after another;
+    evaluations and checkpoints go to each seed's own run directory, as K single-seed runs write them.
     """
 
     def __init__(
@@ -59,21 +110,27 @@ class Trainer:
         logger: MetricLogger,
         provenance: dict[str, Any] | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.agent = agent
-        self.buffer = buffer
-        self.evaluator = evaluator
-        self.logger = logger
-        self.provenance = provenance or {}
-        self.run_dir = Path(cfg.run_dir)
-        self.batch_spec = agent.batch_spec  # what the algorithm's batches hold; fixed for the run
+        self._setup([SeedRun(cfg, agent, buffer, evaluator, logger, provenance or {})], None)
+
+    @classmethod
+    def for_seeds(cls, runs: list[SeedRun], seed_batch: SeedBatch | None = None) -> Trainer:
+        """A trainer of several seeds (``seed_batch``: their batched update; None updates them in turn)."""
+        trainer = cls.__new__(cls)
+        trainer._setup(runs, seed_batch)
+        return trainer
+
+    def _setup(self, runs: list[SeedRun], seed_batch: SeedBatch | None) -> None:
+        self.runs, self.seed_batch = runs, seed_batch
+        self.cfg = runs[0].cfg  # the training settings, shared by the seeds
+        self.batch_spec = runs[0].agent.batch_spec  # what the algorithm's batches hold; fixed for the run
         self._stop_signal: int | None = None
-        self._last_checkpoint: tuple[int, Path] | None = None
         self._tick: tuple[float, int] = (time.perf_counter(), 0)  # (time, step) of the last train.csv row
 
-    def run(self, resume_from: Path | None = None) -> dict[str, Any]:
-        """Trains to ``learning_steps`` (from the checkpoint when given) and returns results.json."""
-        step = self._start(resume_from)
+    def run(self, resume_from: Path | list[Path | None] | None = None) -> list[dict[str, Any]]:
+        """Trains to ``learning_steps`` (from the checkpoints when given: one path, or one per
+        seed, all at one step) and returns each seed's results.json."""
+        paths = resume_from if isinstance(resume_from, list) else [resume_from] * len(self.runs)
+        step = self._start(paths)
         total = self.cfg.train.learning_steps
         with self._signal_handlers(), self._progress(step, total) as bar:
             self._tick = (time.perf_counter(), step)
@@ -92,75 +149,109 @@ class Trainer:
                 if self._stop_signal is not None:
                     self._interrupt(step)
         results = self.write_results(step)
-        self.logger.close()
+        for run in self.runs:
+            run.logger.close()
         return results
 
-    def _start(self, resume_from: Path | None) -> int:
-        """Restores a checkpoint, or evaluates and checkpoints the untrained agent (step 0)."""
-        if resume_from is not None:
-            state = load_checkpoint(resume_from, self.agent, self.buffer)
-            self.logger.rewind(state["step"])
-            self._last_checkpoint = (state["step"], resume_from)
-            return int(state["step"])
-        self.logger.rewind(-1)
-        self._evaluate(0, None)
-        self._checkpoint(0)
-        return 0
+    def _start(self, paths: list[Path | None]) -> int:
+        """Restores the checkpoints, or evaluates and checkpoints the untrained agents (step 0)."""
+        if any(path is None for path in paths) != all(path is None for path in paths):
+            raise ValueError("the seeds of a run resume together: every seed needs a checkpoint, or none")
+        if paths[0] is None:
+            for run in self.runs:
+                run.logger.rewind(-1)
+            self._evaluate(0, None)
+            self._checkpoint(0)
+            return 0
+        steps = set()
+        for run, path in zip(self.runs, paths, strict=True):
+            with run.global_rng():
+                state = load_checkpoint(path, run.agent, run.buffer)
+            run.logger.rewind(state["step"])
+            run.last_checkpoint = (state["step"], path)
+            steps.add(int(state["step"]))
+        if len(steps) > 1:
+            raise ValueError(f"the seeds' checkpoints are at different steps {sorted(steps)}")
+        if self.seed_batch is not None:
+            self.seed_batch.import_optimizer_state()
+        return steps.pop()
 
     def _update(self, step: int) -> None:
-        batch = self.buffer.sample(self.cfg.train.batch_size, self.batch_spec)
-        metrics = self.agent.update(batch, step)
-        self.logger.accumulate(metrics)
+        batches = [run.buffer.sample(self.cfg.train.batch_size, self.batch_spec) for run in self.runs]
+        if self.seed_batch is not None:
+            metrics = self.seed_batch.update(batches, step)
+        else:
+            metrics = []
+            for run, batch in zip(self.runs, batches, strict=True):
+                with run.global_rng():  # dropout masks come from the global generator
+                    metrics.append(run.agent.update(batch, step))
+        for run, seed_metrics in zip(self.runs, metrics, strict=True):
+            run.logger.accumulate(seed_metrics)
 
     def _flush(self, step: int) -> None:
-        """Checks the pending metrics for non-finite values, then writes a train.csv row."""
-        bad = self.logger.first_nonfinite()
-        if bad is not None:
+        """Checks the pending metrics for non-finite values, then writes a train.csv row per seed."""
+        for run in self.runs:
+            bad = run.logger.first_nonfinite()
+            if bad is None:
+                continue
             offset, name, value = bad
             bad_step = self._tick[1] + 1 + offset
             where = (
                 "no checkpoint"
-                if self._last_checkpoint is None
-                else f"last good checkpoint: {self._last_checkpoint[1]} (step {self._last_checkpoint[0]})"
+                if run.last_checkpoint is None
+                else f"last good checkpoint: {run.last_checkpoint[1]} (step {run.last_checkpoint[0]})"
             )
+            seed = f" (seed {run.cfg.seed})" if len(self.runs) > 1 else ""
             raise NonFiniteLossError(
-                f"non-finite loss at step {bad_step}: train/{name} = {value}; run stopped; {where}"
+                f"non-finite loss at step {bad_step}{seed}: train/{name} = {value}; run stopped; {where}"
             )
         now = time.perf_counter()
         rate = (step - self._tick[1]) / max(now - self._tick[0], 1e-9)
-        self.logger.flush_train(step, {"time/updates_per_second": rate})
+        for run in self.runs:
+            run.logger.flush_train(step, {"time/updates_per_second": rate})
         self._tick = (now, step)
 
     def _evaluate(self, step: int, bar: Any) -> None:
-        result = self.evaluator.evaluate(self.agent, step)
-        self.logger.log_eval(step, result.rows(), result.summary())
-        log.info(
-            "eval step %d: mean IQM %.2f (%s) in %.1fs",
-            step,
-            result.mean_iqm(),
-            _short(result),
-            result.seconds,
-        )
+        means = []
+        for run in self.runs:
+            with run.global_rng():
+                result = run.evaluator.evaluate(run.agent, step)
+            run.logger.log_eval(step, result.rows(), result.summary())
+            seed = f" seed {run.cfg.seed}" if len(self.runs) > 1 else ""
+            log.info(
+                "eval step %d%s: mean IQM %.2f (%s) in %.1fs",
+                step,
+                seed,
+                result.mean_iqm(),
+                _short(result),
+                result.seconds,
+            )
+            means.append(result.mean_iqm())
         if bar is not None:
-            bar.set_postfix(eval_iqm=f"{result.mean_iqm():.1f}")
+            bar.set_postfix(eval_iqm=" ".join(f"{m:.1f}" for m in means))
 
     def _checkpoint(self, step: int) -> None:
-        path = save_checkpoint(self.run_dir, step, self.agent, self.buffer)
-        self._last_checkpoint = (step, path)
+        if self.seed_batch is not None:
+            self.seed_batch.export_optimizer_state()
+        for run in self.runs:
+            with run.global_rng():
+                path = save_checkpoint(run.run_dir, step, run.agent, run.buffer)
+            run.last_checkpoint = (step, path)
 
     def _interrupt(self, step: int) -> None:
         """Saves a checkpoint at ``step`` (unless one was just written) and stops the run."""
-        if self._last_checkpoint is None or self._last_checkpoint[0] != step:
-            if self.logger.has_pending():
+        if self.runs[0].last_checkpoint is None or self.runs[0].last_checkpoint[0] != step:
+            if self.runs[0].logger.has_pending():
                 self._flush(step)
             self._checkpoint(step)
-        self.logger.close()
+        for run in self.runs:
+            run.logger.close()
         name = signal.Signals(self._stop_signal).name
         log.warning(
             "%s received: checkpoint at step %d written to %s; rerun the same command to continue",
             name,
             step,
-            self.run_dir,
+            ", ".join(str(run.run_dir) for run in self.runs),
         )
         raise KeyboardInterrupt(f"{name} at step {step}")
 
@@ -187,23 +278,27 @@ class Trainer:
 
     def _progress(self, step: int, total: int) -> Any:
         """A tqdm bar on a terminal, one line a minute in a log (``data.progress``)."""
+        seeds = f" seeds {','.join(str(run.cfg.seed) for run in self.runs)}" if len(self.runs) > 1 else ""
         return progress(
             total=total,
             initial=step,
             unit="upd",
             dynamic_ncols=True,
             disable=not self.cfg.train.show_progress,
-            desc=f"{self.cfg.agent.name} {self.cfg.env.domain} {self.cfg.memory_label}",
+            desc=f"{self.cfg.agent.name} {self.cfg.env.domain} {self.cfg.memory_label}{seeds}",
         )
 
-    def write_results(self, step: int) -> dict[str, Any]:
-        """Builds results.json from every evaluation in eval.csv and writes it atomically."""
-        results = build_results(self.cfg, self.logger.eval_csv.read(), self.provenance, step)
-        path = self.run_dir / RESULTS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, path)
-        return results
+    def write_results(self, step: int) -> list[dict[str, Any]]:
+        """Builds each seed's results.json from every evaluation in its eval.csv and writes it atomically."""
+        out = []
+        for run in self.runs:
+            results = build_results(run.cfg, run.logger.eval_csv.read(), run.provenance, step)
+            path = run.run_dir / RESULTS_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            os.replace(tmp, path)
+            out.append(results)
+        return out
 
 
 def _short(result: EvalResult) -> str:
