@@ -1,4 +1,6 @@
-"""Shared test settings: one torch thread, GPU tests skipped without CUDA."""
+"""Shared test settings: one torch thread, GPU tests skipped without CUDA; a small walker dataset."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,3 +16,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (random-action) walker dataset: 4 episodes x 60 steps."""
+    from bfm.collection import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)
+    return root

@@ -18,15 +18,6 @@ SMOKE = ["experiment=smoke", "train.eval_frequency=3"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bfm.collection import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def finished(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An FB-M and a HILP smoke run of 6 steps: checkpoints step 3 and step 6 each."""
     root = tmp_path_factory.mktemp("runs")

@@ -41,16 +41,6 @@ def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (random-action) walker dataset: 4 episodes x 60 steps."""
-    from bfm.collection import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    make_synthetic_dataset(root, "walker", "rnd", episodes=4, episode_length=60, seed=0)
-    return root
-
-
-@pytest.fixture(scope="session")
 def smoke_runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every algorithm x memory pairing in smoke mode: one multirun per memory-free / memory group."""
     runs = tmp_path_factory.mktemp("runs")

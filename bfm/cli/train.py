@@ -82,6 +82,7 @@ FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
     "z_inference_steps": ("train.z_inference_steps", "value"),
     "rollout_memory": ("train.rollout_memory", "value"),
     "seed": ("seed", "value"),
+    "seeds": ("seeds", "value"),
     "device": ("device", "value"),
     "run_dir": ("run_dir", "value"),
     "wandb": ("logger", "logger"),
@@ -147,6 +148,7 @@ def build_parser() -> errors.Parser:
         p.add_argument(f"--{name}", type=int, help=_flag_help(name))
     p.add_argument("--rollout_memory", help=_flag_help("rollout_memory"))
     p.add_argument("--seed", type=int, help=_flag_help("seed"))
+    p.add_argument("--seeds", type=errors.int_at_least(1), help=_flag_help("seeds"))
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--data_dir", help=_flag_help("data_dir"))
     p.add_argument(
