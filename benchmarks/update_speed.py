@@ -7,7 +7,7 @@ Walker dimensions (obs 24, goal 24, action 6), synthetic batches on the training
 "update" is one ``agent.update(batch)`` call (z sampling, representation step(s), actor step,
 Polyak), exactly what the trainer calls per step. FLOPs are counted with torch's
 ``FlopCounterMode`` around one update (matmuls, the memory models' included; elementwise work is
-not counted, as for the official code's numbers in ``benchmarks.common.OFFICIAL``).
+not counted, as for the official code's numbers in ``benchmarks.common.OFFICIAL_GFLOP``).
 """
 
 from __future__ import annotations

@@ -288,7 +288,9 @@ def test_seeds_bad_input_exits_2(data_dir: Path, tmp_path: Path) -> None:
     fixed = _error(run_cli(*_args(data_dir, tmp_path), "seeds=2", f"run_dir={tmp_path / 'one'}", check=False))
     assert "does not depend on the seed" in fixed and "${seed}" in fixed
     assert "seeds" in _error(run_cli(*_args(data_dir, tmp_path), "--seeds=0", check=False))
-    assert "seeds (--seeds) must be an integer >= 1, got 0" in _error(run_cli(*_args(data_dir, tmp_path), "seeds=0", check=False))
+    assert "seeds (--seeds) must be an integer >= 1, got 0" in _error(
+        run_cli(*_args(data_dir, tmp_path), "seeds=0", check=False)
+    )
     assert not any(tmp_path.iterdir())
     # a third seed without a checkpoint next to two that have one
     run_cli(*_args(data_dir, tmp_path), "seeds=2")

@@ -5,6 +5,10 @@ follows every evaluation. SIGINT / SIGTERM finish the current update, write a ch
 raise KeyboardInterrupt. A non-finite training metric (checked once per log interval, without a
 per-step host sync) stops the run with :class:`NonFiniteLossError` naming the first bad step; the
 last checkpoint written before it is the last good one and is left untouched.
+
+Several seeds of one configuration (``seeds=K``) train in step: one batch per seed per step, one
+update of all (``agents.seeds.SeedBatch``, or each seed in turn), and every evaluation and
+checkpoint written into each seed's own run directory as its single-seed run would write it.
 """
 
 from __future__ import annotations
