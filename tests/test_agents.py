@@ -54,15 +54,22 @@ def small_config(name: str, memory: dict | None = None, **overrides) -> dict:
     return config
 
 
-def synthetic_batch(n: int = 64, seed: int = 0) -> Batch:
+def synthetic_batch(
+    n: int = 64,
+    seed: int = 0,
+    widths: tuple[int, int, int] = (OBS, GOAL, ACT),
+    windows: tuple[int, int] = (L_F, L_B),
+) -> Batch:
+    """A random batch of n windows: widths (obs, goal, action), windows (L_F, L_B)."""
+    (obs, goal, act), (lf, lb) = widths, windows
     g = torch.Generator().manual_seed(seed)
     return Batch(
-        obs_window=torch.randn(n, L_F + 1, OBS, generator=g),
-        prev_action_window=torch.rand(n, L_F + 1, ACT, generator=g) * 2 - 1,
-        goal_window=torch.randn(n, L_B + 1, GOAL, generator=g),
-        goal_action_window=torch.rand(n, L_B + 1, ACT, generator=g) * 2 - 1,
-        sampled_goal_window=torch.randn(n, L_B, GOAL, generator=g),
-        sampled_goal_action_window=torch.rand(n, L_B, ACT, generator=g) * 2 - 1,
+        obs_window=torch.randn(n, lf + 1, obs, generator=g),
+        prev_action_window=torch.rand(n, lf + 1, act, generator=g) * 2 - 1,
+        goal_window=torch.randn(n, lb + 1, goal, generator=g),
+        goal_action_window=torch.rand(n, lb + 1, act, generator=g) * 2 - 1,
+        sampled_goal_window=torch.randn(n, lb, goal, generator=g),
+        sampled_goal_action_window=torch.rand(n, lb, act, generator=g) * 2 - 1,
         sampled_goal_is_current=(torch.rand(n, generator=g) < 0.2).float(),
     )
 

@@ -98,25 +98,26 @@ def _resume_args(data_dir: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_resume_after_kill_matches_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    run_cli(*_resume_args(data_dir, reference))
+def kill_when(args: list[str], path: Path) -> None:
+    """Starts main_exorl.py with ``args`` and kills it (SIGKILL) as soon as ``path`` exists."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main_exorl.py"), *_resume_args(data_dir, resumed)],
+        [sys.executable, str(ROOT / "main_exorl.py"), *args],
         cwd=ROOT,
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while (
-        not (resumed / "checkpoints" / "latest").exists()
-        and proc.poll() is None
-        and time.monotonic() < deadline
-    ):
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_resume_after_kill_matches_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_cli(*_resume_args(data_dir, reference))
+    kill_when(_resume_args(data_dir, resumed), resumed / "checkpoints" / "latest")
     assert not (resumed / "results.json").exists()
     run_cli(*_resume_args(data_dir, resumed))
     a, b = results_of(reference), results_of(resumed)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ from bfm.agents import make_agent
 from bfm.agents.seeds import SeedBatch, unbatchable_reason
 from bfm.data.batch import Batch
 from bfm.memory import REGISTRY
-from tests.test_cli import ROOT, cli_env, results_of, run_cli
+from tests import test_agents as agent_tests
+from tests.test_cli import kill_when, results_of, run_cli
 
 # Walker's widths, batch 128 > z_dim: HILP's z mixing takes pinv(phi^T phi), which must be well
 # conditioned for rounding to stay rounding (in tinier configs phi^T phi is rank-deficient at
@@ -45,24 +43,7 @@ SMALL = {
 
 
 def synthetic_batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs_window=torch.randn(N, L_F + 1, OBS, generator=g),
-        prev_action_window=torch.rand(N, L_F + 1, ACT, generator=g) * 2 - 1,
-        goal_window=torch.randn(N, L_B + 1, GOAL, generator=g),
-        goal_action_window=torch.rand(N, L_B + 1, ACT, generator=g) * 2 - 1,
-        sampled_goal_window=torch.randn(N, L_B, GOAL, generator=g),
-        sampled_goal_action_window=torch.rand(N, L_B, ACT, generator=g) * 2 - 1,
-        sampled_goal_is_current=(torch.rand(N, generator=g) < 0.2).float(),
-    )
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return agent_tests.synthetic_batch(N, seed, widths=(OBS, GOAL, ACT), windows=(L_F, L_B))
 
 
 def config(name: str, memory: str) -> dict:
@@ -240,19 +221,7 @@ def _long(data_dir: Path, root: Path) -> list[str]:
 def test_seeds_run_resumes_after_kill_as_if_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_cli(*_long(data_dir, reference))
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main_exorl.py"), *_long(data_dir, resumed)],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    latest = _dir(resumed, SEED_DIRS[-1]) / "checkpoints" / "step_000000010"
-    deadline = time.monotonic() + 120
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(_long(data_dir, resumed), _dir(resumed, SEED_DIRS[-1]) / "checkpoints" / "step_000000010")
     run_cli(*_long(data_dir, resumed))
     for seed_dir in SEED_DIRS:
         a, b = results_of(_dir(reference, seed_dir)), results_of(_dir(resumed, seed_dir))

@@ -87,7 +87,8 @@ class SeedBatch:
         # The template runs the stages; its own weights are never used (functional_call swaps in
         # the stacked ones). Built under fork_rng: its initialisation must not move the global
         # generator, whose state belongs to the seeds' runs.
-        with torch.random.fork_rng(devices=[first.device] if first.device.type == "cuda" else []):
+        cuda = [first.device.index or 0] if first.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             config = dataclasses.replace(first.config, compile=False)
             self.template = type(first)(
                 first.obs_dim, first.goal_dim, first.action_dim, config, device=first.device, seed=first.seed
