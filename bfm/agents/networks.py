@@ -364,9 +364,8 @@ class FeatureCentring(nn.Module):
     @torch.no_grad()
     def update(self, features: torch.Tensor) -> None:
         """Moves the running mean towards the batch mean of features [N, d] (in place, no sync)."""
-        self.mean.copy_(
-            torch.lerp(self.mean, features.mean(dim=0), self.momentum)
-        )  # vmap has no in-place lerp
+        # out of place, then copied: vmap (several seeds, agents.seeds) cannot batch lerp_
+        self.mean.copy_(torch.lerp(self.mean, features.mean(dim=0), self.momentum))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Centred features [..., d]."""
