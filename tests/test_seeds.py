@@ -265,3 +265,35 @@ def test_seeds_bad_input_exits_2(data_dir: Path, tmp_path: Path) -> None:
     run_cli(*_args(data_dir, tmp_path), "seeds=2")
     message = _error(run_cli(*_args(data_dir, tmp_path), "seeds=3", check=False))
     assert "train in step" in message and "seed 44: no checkpoint" in message and "seed 42: step 6" in message
+
+
+@pytest.mark.parametrize(
+    ("domain", "resample", "shared"),
+    [("walker", False, True), ("walker_flickering", True, True), ("walker_flickering", False, False)],
+)
+def test_buffer_of_another_seed_shares_the_data_when_it_can(
+    data_dir: Path, domain: str, resample: bool, shared: bool
+) -> None:
+    """``with_seed`` samples what a buffer built with that seed samples, holding the arrays once;
+    a corruption frozen at load depends on the seed, so there it declines."""
+    from bfm.data import SequenceBuffer, dataset_path
+    from bfm.envs import make_stream_transforms
+
+    def build(seed: int) -> SequenceBuffer:
+        dynamics, rewards = make_stream_transforms(domain)
+        path = dataset_path(data_dir, "walker", "rnd")
+        return SequenceBuffer(
+            path, "walker", None, 4, 2, dynamics, rewards, seed=seed, resample_per_batch=resample
+        )
+
+    first, fresh = build(42), build(43)
+    other = first.with_seed(43)
+    if not shared:
+        assert other is None
+        return
+    assert other is not None and other._obs_f is first._obs_f
+    for _ in range(3):
+        a, b = fresh.sample(16), other.sample(16)
+        for name in ("obs_window", "prev_action_window", "goal_window", "goal_action_window"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    torch.testing.assert_close(fresh.sample_labelled(8).goal_window, other.sample_labelled(8).goal_window)
