@@ -59,6 +59,7 @@ class SeedRun:
         rng: this seed's state of torch's, numpy's and python's global generators while another
             seed's code runs (several seeds in one process); None for a single-seed run, which
             owns them.
+        last_checkpoint: (step, path) of the checkpoint last written or resumed from.
     """
 
     cfg: RunConfig
