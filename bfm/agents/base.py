@@ -67,24 +67,24 @@ class AgentBase:
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, device=self.device)
 
-    def _z_draws(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The random parts of z sampling, in this order: sphere z [n, d], a batch permutation [n],
-        and the rows [n, 1] (a ``z_mix_ratio`` fraction) that take a goal's z instead."""
+    def _z_draws(self, n: int) -> Draws:
+        """The random parts of z sampling, in this order: sphere ``z`` [n, d], a batch permutation
+        ``perm`` [n], and the rows ``mix`` [n, 1] (a ``z_mix_ratio`` fraction) that take a goal's z."""
         z = project_to_sphere(self._randn(n, self.config.z_dim))  # [n, d]
         perm = torch.randperm(n, generator=self.generator, device=self.device)  # [n]
         mix = (
             torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
         )  # [n, 1]
-        return z, perm, mix
+        return {"z": z, "perm": perm, "mix": mix}
 
     def draws(self, n: int) -> Draws:
         """Every random number of one update of batch size n, from the agent's generator in a
         fixed order: sphere z [n, d], permutation [n], mix rows [n, 1] (``_z_draws``), then the
         target-action noise and the actor-loss noise [n, A]."""
-        z, perm, mix = self._z_draws(n)
-        target_noise = self._randn(n, self.action_dim)
-        actor_noise = self._randn(n, self.action_dim)
-        return {"z": z, "perm": perm, "mix": mix, "target_noise": target_noise, "actor_noise": actor_noise}
+        draws = self._z_draws(n)
+        draws["target_noise"] = self._randn(n, self.action_dim)
+        draws["actor_noise"] = self._randn(n, self.action_dim)
+        return draws
 
     def stages(self) -> list[Stage]:
         """The optimiser steps of one update, in order (subclasses)."""

@@ -247,8 +247,7 @@ class FBAgent(AgentBase):
         Returns:
             z [n, d], every row of norm sqrt(d).
         """
-        if draws is None:
-            draws = dict(zip(("z", "perm", "mix"), self._z_draws(batch.batch_size), strict=True))
+        draws = self._z_draws(batch.batch_size) if draws is None else draws
         z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
         if goal_b is None:
             rec = self.model.backward_map.recurrent

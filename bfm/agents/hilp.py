@@ -224,8 +224,7 @@ class HILPAgent(AgentBase):
             draws: the update's ``draws`` (z, perm, mix); drawn here when None.
         """
         n = phi_next.shape[0]
-        if draws is None:
-            draws = dict(zip(("z", "perm", "mix"), self._z_draws(n), strict=True))
+        draws = self._z_draws(n) if draws is None else draws
         z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
         sigma = phi_next.T @ phi_next / n  # [d, d]
         z_goal = project_to_sphere(phi_next[perm] @ torch.linalg.pinv(sigma, hermitian=True))  # [n, d]

@@ -417,7 +417,12 @@ def main(cfg: RunConfig | list[RunConfig]) -> list[dict[str, Any]]:
         rng = global_rng_state() if len(cfgs) > 1 else None
         runs.append(SeedRun(c, agent, buffer, evaluator, logger, provenance, rng))
     trainer = Trainer.for_seeds(runs, builders.make_seed_batch(first, [r.agent for r in runs]))
-    log.info("run %s on %s (resume from %s)", ", ".join(map(str, directories)), device, resume_from)
+    log.info(
+        "run %s on %s (resume from %s)",
+        ", ".join(map(str, directories)),
+        device,
+        ", ".join(map(str, resume_from)),
+    )
     results = trainer.run(resume_from)
     for one in results:
         print(format_summary(one))

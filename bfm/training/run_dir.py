@@ -91,19 +91,17 @@ def check_run_dir(cfg: RunConfig, point: ResumePoint | None = None) -> Path | No
     return point.path
 
 
-def common_resume(cfgs: list[RunConfig], points: list[ResumePoint]) -> Path | None | list[Path | None]:
+def common_resume(cfgs: list[RunConfig], points: list[ResumePoint]) -> list[Path | None]:
     """The resume rules for every seed of a run (``check_run_dir`` each), and the checkpoint each
-    seed continues from: one path (or None) for one seed; for several, one step for all (the seeds
-    train in step), the newest step every seed has an intact checkpoint of.
+    seed continues from (None: a fresh start): with several seeds one step for all (they train in
+    step), the newest step every seed has an intact checkpoint of.
 
     Raises:
         ConfigError: a seed's directory breaks a resume rule, or the seeds share no step (some
             have checkpoints and others none, or their kept checkpoints do not meet).
     """
     paths = [check_run_dir(c, p) for c, p in zip(cfgs, points, strict=True)]
-    if len(cfgs) == 1:
-        return paths[0]
-    if all(path is None for path in paths):
+    if len(cfgs) == 1 or all(path is None for path in paths):
         return paths
     steps = {c.seed: None if path is None else _step_of(path) for c, path in zip(cfgs, paths, strict=True)}
     shown = ", ".join(
