@@ -11,6 +11,9 @@ pipeline (about 15 minutes on 2 CPU cores):
 2. ``main_exorl.py fb walker rnd experiment=cpu``: FB at the CPU preset's widths and learning
    rates, evaluated at step 0 and every ``--eval_frequency`` steps with 5 full 1000-step episodes per task.
 3. ``plot_results.py``: the result table (``report.md``) and ``learning_curves.png``.
+4. ``evaluate.py``: the trained walker prompted with a built-in task (stand) and a reward formula
+   it never saw (``PROMPT``), with a video and a filmstrip of one episode each (skipped, with a
+   note, where MuJoCo finds no OpenGL backend).
 
 Outputs go to ``runs/demo/`` (the demo's own run directory is replaced on each call; pass
 ``--keep`` to continue it instead). The dataset is kept in ``datasets/cpu/`` and reused (a later
@@ -26,11 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bfm.envs.render import RenderError, check_gl  # noqa: E402 (the repository root is put on the path above)
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("stand", "walk", "run", "flip")
 EPISODES = 50  # about 6 minutes of collection on one core
 LEARNING_STEPS = 15_000
 EVAL_FREQUENCY = 3000
+# A reward the training never named: the torso upside down (README, "Using a trained model").
+PROMPT = "headstand = torso_upright < -0.8"
 
 
 def run(args: list[str]) -> None:
@@ -68,7 +76,7 @@ def main() -> int:
     started = time.perf_counter()
     out = ROOT / args.out
     run_dir = out / "fb_walker"
-    if run_dir.exists() and not args.keep:
+    if run_dir.exists() and not args.keep:  # its evaluations/ go with it
         shutil.rmtree(run_dir)
     run(
         [
@@ -97,9 +105,27 @@ def main() -> int:
         ]
     )
     run(["plot_results.py", str(run_dir.relative_to(ROOT)), "--out", str((out / "report").relative_to(ROOT))])
+    video = ["--video=1", "--video_every=5"]
+    try:
+        check_gl()
+    except RenderError as error:
+        print(f"\nno video: {error}", flush=True)
+        video = []
+    run(
+        [
+            "evaluate.py",
+            str(run_dir.relative_to(ROOT)),
+            "--tasks=stand",
+            f"--reward={PROMPT}",
+            "--rollouts=2",
+            *video,
+            "--name=demo",
+        ]
+    )
     print(f"\ndemo finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"run directory: {run_dir}  (results.json, eval.csv, train.csv, checkpoints/)")
     print(f"learning curve: {out / 'report' / 'learning_curves.png'}")
+    print(f"prompted: {run_dir / 'evaluations' / 'demo'}  (results.json, episodes.csv, videos/)")
     return 0
 
 

@@ -48,7 +48,7 @@ class FakeBuffer:
     def __init__(self) -> None:
         self.generator = torch.Generator().manual_seed(0)
 
-    def sample_labelled(self, n: int, tasks: list[str]) -> LabelledWindows:
+    def sample_labelled(self, n: int, tasks: list[str], seed: int | None = None) -> LabelledWindows:
         return LabelledWindows(
             torch.zeros(n, 2, OBS), torch.zeros(n, 2, ACT), {t: torch.ones(n) for t in tasks}
         )

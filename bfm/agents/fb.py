@@ -232,6 +232,23 @@ class FBAgent(AgentBase):
             ("target_backward", "backward_map", self.config.tau),
         ]
 
+    goal_needs_state = False  # z of a goal does not depend on the current state
+
+    def goal_z(
+        self,
+        goal_window: torch.Tensor,
+        goal_action_window: torch.Tensor,
+        window: torch.Tensor | None = None,
+        action_window: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """z = B(goal window) [n, d] (goal reaching in the FB papers); the current windows are unused.
+
+        Args:
+            goal_window: [n, L_B, g] B-stream windows ending at the goal; goal_action_window:
+                [n, L_B, a] actions taken at those rows.
+        """
+        return self.model.backward(goal_window, goal_action_window)  # [n, d], norm sqrt(d)
+
     @torch.no_grad()
     def sample_z(
         self, batch: Batch, goal_b: torch.Tensor | None = None, draws: Draws | None = None

@@ -214,6 +214,30 @@ class HILPAgent(AgentBase):
             ("target_phi", "phi", self.config.tau_phi),
         ]
 
+    goal_needs_state = True  # z of a goal is recomputed from the current state at every step
+
+    def goal_z(
+        self,
+        goal_window: torch.Tensor,
+        goal_action_window: torch.Tensor,
+        window: torch.Tensor | None = None,
+        action_window: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """HILP's goal-conditioned z = sqrt(d) normalise(phi(g) - phi(s_t)) [n, d] (the HILP paper's
+        goal-reaching policy, recomputed at every step).
+
+        Args:
+            goal_window: [n, L_B, g] windows ending at the goal; goal_action_window: [n, L_B, a].
+            window: [n, L_B, g] the current state's window (its observations as the policy sees
+                them); action_window: [n, L_B, a] the action taken at each row (zeros for the
+                current row, whose action is not taken yet).
+        """
+        if window is None or action_window is None:
+            raise ValueError("HILP's goal z needs the current state's window")
+        phi_goal = self.model.backward(goal_window, goal_action_window)  # [n or 1, d]
+        phi_now = self.model.backward(window, action_window)  # [n, d]
+        return project_to_sphere(phi_goal - phi_now)  # [n, d]
+
     @torch.no_grad()
     def sample_z(self, phi_next: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
         """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by

@@ -119,8 +119,11 @@ class LabelledWindows:
         goal_window: [N, L_B, goal_dim] B-stream observations ending at the labelled row s.
         goal_action_window: [N, L_B, act_dim] actions taken at those observations.
         rewards: task name -> [N] reward R(physics[s]) of the labelled row.
+        index: [N] storage row of each labelled state (``SequenceBuffer.physics_rows`` reads its
+            physics state, so any reward of the state can label the windows).
     """
 
     goal_window: torch.Tensor
     goal_action_window: torch.Tensor
     rewards: dict[str, torch.Tensor]
+    index: torch.Tensor | None = None

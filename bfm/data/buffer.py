@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from bfm.data.batch import Batch, BatchSpec, GoalSampling, LabelledWindows
-from bfm.data.exorl import DatasetError, read_array_rows, read_manifest, reward_key, select_episodes
+from bfm.data.exorl import (
+    DatasetError,
+    parse_dataset_path,
+    read_array_rows,
+    read_manifest,
+    reward_key,
+    select_episodes,
+)
 from bfm.envs.specs import check_domain
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,9 @@ class SequenceBuffer:
         tasks: tasks whose relabelled rewards are loaded; default every eval task of the domain.
         episode_selection: which ``episodes`` of each dataset are loaded (``data.exorl.select_episodes``):
             ``spread`` evenly over the whole collection (default) or the ``first`` N by index.
+        keep_states: also keep the stored physics states and the uncorrupted observations in host
+            memory (``physics_rows``, ``raw_observation``), for rewards and goals that the dataset
+            was not labelled with (prompting a trained model, ``training.prompting``).
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class SequenceBuffer:
         pad_with_zeros: bool = False,
         tasks: Sequence[str] | None = None,
         episode_selection: str = "spread",
+        keep_states: bool = False,
     ) -> None:
 
         self.domain, self.info = domain, check_domain(domain)
@@ -92,12 +103,14 @@ class SequenceBuffer:
         self._transforms = (dynamics_transform, rewards_transform)
         self._seed_generators(seed)
 
-        obs, action, rewards = self._load(episodes, episode_selection)
+        obs, action, rewards, physics = self._load(episodes, episode_selection, keep_states)
         self.num_episodes, self.rows = obs.shape[0], obs.shape[1]
         self.episode_length = self.rows - 1
         if self.episode_length < 2:
             raise DatasetError(f"episodes need at least 2 transitions, got {self.episode_length}")
         self.action_dim = action.shape[-1]
+        self.physics = None if physics is None else physics.reshape(-1, physics.shape[-1])  # [E * (T+1), P]
+        self.raw_observation = obs.reshape(-1, obs.shape[-1]) if keep_states else None  # [E * (T+1), obs]
         self._action = self._flat(action)
         self._rewards = {t: torch.from_numpy(r.reshape(-1)).to(self.device) for t, r in rewards.items()}
         if resample_per_batch:
@@ -139,8 +152,8 @@ class SequenceBuffer:
     # loading
 
     def _load(
-        self, episodes: int | None, selection: str
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        self, episodes: int | None, selection: str, keep_states: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
         n = len(self.paths)
         wanted = [None] * n if episodes is None else [episodes // n + (i < episodes % n) for i in range(n)]
         parts, manifests, selected = [], [], []
@@ -153,6 +166,7 @@ class SequenceBuffer:
                     "%s holds %d episodes, fewer than the %d requested", path, manifest["episodes"], want
                 )
             keys = ("observation", "action", *(reward_key(task) for task in self.tasks))
+            keys += ("physics",) if keep_states else ()
             part = {key: read_array_rows(path, key, positions) for key in keys}
             self._check_shapes(path, part, len(positions))
             parts.append(part)
@@ -176,7 +190,13 @@ class SequenceBuffer:
             return parts[0][key] if n == 1 else np.concatenate([p[key] for p in parts])
 
         rewards = {t: cat(reward_key(t)) for t in self.tasks}
-        return cat("observation"), cat("action"), rewards
+        self.row_multipliers = np.concatenate(  # [E]: the dynamics multiplier each episode was collected at
+            [
+                np.full(len(p["observation"]), parse_dataset_path(path)[3])
+                for p, path in zip(parts, self.paths, strict=True)
+            ]
+        )
+        return cat("observation"), cat("action"), rewards, cat("physics") if keep_states else None
 
     def _check_manifest(self, path: Path, manifest: dict) -> None:
         if manifest.get("domain") != self.domain:
@@ -192,6 +212,8 @@ class SequenceBuffer:
     def _check_shapes(self, path: Path, part: dict[str, np.ndarray], take: int) -> None:
         obs, action = part["observation"], part["action"]
         expected = {"observation": self.info.obs_dim, "action": self.info.action_dim}
+        if "physics" in part:
+            expected["physics"] = self.info.physics_dim
         for key, dim in expected.items():
             if part[key].ndim != 3 or part[key].shape[0] != take or part[key].shape[2] != dim:
                 raise DatasetError(
@@ -243,15 +265,18 @@ class SequenceBuffer:
         """array [N, D], index [B, L] -> [B, L, D] (one index_select)."""
         return array.index_select(0, index.reshape(-1)).view(*index.shape, array.shape[-1])
 
-    def _obs_windows(self, stream: int, episode: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Observation windows [B, L, D] of one stream (0: F/pi, 1: B), corruption re-drawn if asked."""
+    def _obs_windows(
+        self, stream: int, episode: torch.Tensor, rows: torch.Tensor, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        """Observation windows [B, L, D] of one stream (0: F/pi, 1: B), corruption re-drawn if asked
+        (from ``rng``, default the stream's own generator)."""
         array = self._obs_f if stream == 0 else self._obs_b
         out = self._gather(array, self._obs_index(episode, rows))  # [B, L, D]
         if not self.resample_per_batch:
             return out  # corruption frozen at load; zero padding done by the index
         transform = self._transforms[stream]
         if not _is_identity(transform):
-            corrupted = transform(out.cpu().numpy(), self._np_rngs[stream])
+            corrupted = transform(out.cpu().numpy(), self._np_rngs[stream] if rng is None else rng)
             out = torch.from_numpy(np.ascontiguousarray(corrupted, dtype=np.float32)).to(self.device)
         if self.pad_with_zeros:
             out = out * (rows >= 0).unsqueeze(-1)  # [B, L, D]
@@ -318,7 +343,9 @@ class SequenceBuffer:
         )
         batch.sampled_goal_is_current = ((goal_episode == episode) & (goal_row == current)).float()  # [B]
 
-    def sample_labelled(self, n: int, tasks: Sequence[str] | None = None) -> LabelledWindows:
+    def sample_labelled(
+        self, n: int, tasks: Sequence[str] | None = None, seed: int | None = None
+    ) -> LabelledWindows:
         """Reward-labelled B-stream windows for zero-shot task inference.
 
         Draws n (episode, row s) pairs, s uniform in 1..T-1, from a generator separate from the
@@ -327,25 +354,58 @@ class SequenceBuffer:
         Args:
             n: number of windows (the paper uses 10,000).
             tasks: tasks whose rewards are returned; default every loaded task.
+            seed: when given, every draw (rows, and a B-stream corruption re-drawn per batch)
+                comes from generators made from this seed alone, so the windows are a function of
+                the seed and the data (evaluation passes one derived from the run seed and the
+                step); None draws from the buffer's own labelled generator.
 
         Returns:
             goal_window [n, L_B, goal] (rows s-L_B+1 .. s), goal_action_window [n, L_B, act] (action
-            taken at each row), rewards task -> [n] = R(physics[s]).
+            taken at each row), rewards task -> [n] = R(physics[s]), index [n] storage row of s.
         """
         tasks = tuple(tasks) if tasks is not None else self.tasks
         unknown = set(tasks) - set(self._rewards)
         if unknown:
             raise ValueError(f"no rewards loaded for {sorted(unknown)}; loaded tasks: {list(self._rewards)}")
-        gen, dev, T = self.labelled_generator, self.device, self.episode_length
+        gen, rng, dev, T = self.labelled_generator, None, self.device, self.episode_length
+        if seed is not None:
+            gen = torch.Generator(dev).manual_seed(_stream_seed(seed, 4))
+            rng = np.random.default_rng([seed, 5])
         episode = torch.randint(0, self.num_episodes, (n,), generator=gen, device=dev)  # [n]
         step = torch.randint(1, T, (n,), generator=gen, device=dev)  # [n]
         rows = step[:, None] + self._offsets_b[1:]  # [n, L_B], rows s-L_B+1 .. s
         flat = episode * self.rows + step  # [n]
         return LabelledWindows(
-            goal_window=self._obs_windows(1, episode, rows),
+            goal_window=self._obs_windows(1, episode, rows, rng),
             goal_action_window=self._gather(self._action, self._action_index(episode, rows + 1, rows >= 0)),
             rewards={t: self._rewards[t].index_select(0, flat) for t in tasks},
+            index=flat,
         )
+
+    def window_at(self, episode: int, row: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The B-stream window ending at ``row`` of loaded episode ``episode``, as task inference
+        sees labelled windows (a corruption re-drawn per batch comes from ``seed``).
+
+        Returns:
+            goal_window [1, L_B, goal], goal_action_window [1, L_B, act].
+        """
+        if not 0 <= episode < self.num_episodes or not 0 <= row <= self.episode_length:
+            raise IndexError(
+                f"state {episode}:{row} is outside the data: episodes 0..{self.num_episodes - 1}, "
+                f"steps 0..{self.episode_length}"
+            )
+        ep = torch.tensor([episode], device=self.device)  # [1]
+        rows = torch.tensor([[row]], device=self.device) + self._offsets_b[1:]  # [1, L_B]
+        window = self._obs_windows(1, ep, rows, np.random.default_rng([seed, 6]))
+        return window, self._gather(self._action, self._action_index(ep, rows + 1, rows >= 0))
+
+    def physics_rows(self, index: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Stored physics states [n, P] of storage rows ``index`` [n] and the dynamics multiplier
+        [n] their episodes were collected at (needs ``keep_states=True``)."""
+        if self.physics is None:
+            raise ValueError("this buffer was loaded without keep_states=True: no physics states kept")
+        index = torch.as_tensor(index).cpu().numpy()
+        return self.physics[index], self.row_multipliers[index // self.rows]
 
     # ------------------------------------------------------------------------------------------
     # checkpointing of the random streams

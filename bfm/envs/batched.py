@@ -87,7 +87,9 @@ class BatchedEvalEnv:
 
     Args:
         domain: walker, cheetah or quadruped.
-        tasks: task names (each from ``DOMAINS[domain].reward_tasks``).
+        tasks: task names (each from ``DOMAINS[domain].reward_tasks``) or prompts
+            (``envs.prompts``: objects with a ``name`` and ``__call__(features [n, k], observation
+            [n, obs_dim]) -> rewards [n]``, given the reward features and uncorrupted observations).
         multipliers: mass/damping multipliers (each > 0).
         rollouts: episodes per (task, multiplier).
         transform: observation transform of the F/pi stream; None = identity.
@@ -104,11 +106,16 @@ class BatchedEvalEnv:
         seed: int = 0,
     ):
         info = check_domain(domain)
-        tasks, multipliers = list(tasks), [check_multiplier(m) for m in multipliers]
+        multipliers = [check_multiplier(m) for m in multipliers]
+        self.prompts = {t.name: t for t in tasks if not isinstance(t, str)}  # name -> reward function
+        tasks = [t if isinstance(t, str) else t.name for t in tasks]
         if not tasks or not multipliers:
             raise ValueError("BatchedEvalEnv needs at least one task and one multiplier")
+        if len(set(tasks)) < len(tasks):
+            raise ValueError(f"task and prompt names must differ, got {tasks}")
         for task in tasks:
-            check_task(domain, task)
+            if task not in self.prompts:
+                check_task(domain, task)
         if int(rollouts) < 1:
             raise ValueError(f"rollouts must be an integer >= 1, got {rollouts!r}")
         self.domain, self.info = domain, info
@@ -126,8 +133,10 @@ class BatchedEvalEnv:
 
     def _build(self) -> None:
         models = {m: make_physics(self.domain, m) for _, m, _ in self.episode_keys}
+        # A prompt's episodes start like the domain's first task (its initial-state distribution).
+        start_task = {t: self.info.tasks[0] if t in self.prompts else t for t, _, _ in self.episode_keys}
         self.envs = [
-            make_env(self.domain, task, s, m, physics=models[m].copy(share_model=True))
+            make_env(self.domain, start_task[task], s, m, physics=models[m].copy(share_model=True))
             for (task, m, _), s in zip(self.episode_keys, self.episode_seeds, strict=True)
         ]
         self.physics = [env.physics for env in self.envs]
@@ -159,6 +168,20 @@ class BatchedEvalEnv:
         self._t, self._done = 0, False
         return self.transform(self._raw, self._rng)
 
+    @property
+    def control_timestep(self) -> float:
+        """Seconds of simulated time per environment step."""
+        return float(self.physics[0].timestep() * self._n_sub_steps)
+
+    @property
+    def raw_observation(self) -> np.ndarray:
+        """The uncorrupted observations [N, obs_dim] of the last reset or step (a view: copy to keep)."""
+        return self._raw
+
+    def physics_states(self, episodes: Sequence[int]) -> np.ndarray:
+        """Physics states [n, P] ([qpos, qvel, act], the dataset layout) of the given episodes, for replays."""
+        return np.stack([self.physics[i].get_state() for i in episodes])
+
     def step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Apply actions [N, action_dim] in [-1, 1] to every episode.
 
@@ -184,7 +207,10 @@ class BatchedEvalEnv:
             features[i] = self._feature_reads[i]()
         reward = np.empty(self.num_envs, dtype=np.float32)
         for task, rows in self._task_rows.items():
-            reward[rows] = rewards_from_features(self.domain, (task,), features[rows])[task]
+            if task in self.prompts:
+                reward[rows] = self.prompts[task](features[rows], raw[rows])
+            else:
+                reward[rows] = rewards_from_features(self.domain, (task,), features[rows])[task]
         self._t += 1
         self._done = self._t >= self.info.episode_length
         return self.transform(raw, self._rng), reward, self._done

@@ -106,12 +106,17 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
 
 
 def make_buffer(
-    cfg: RunConfig, setup: EnvSetup, device: torch.device, like: SequenceBuffer | None = None
+    cfg: RunConfig,
+    setup: EnvSetup,
+    device: torch.device,
+    like: SequenceBuffer | None = None,
+    keep_states: bool = False,
 ) -> SequenceBuffer:
     """Loads the dataset(s) into a SequenceBuffer on ``device`` (POMDP corruption applied at load).
 
     ``like``: the buffer of another seed of the same run; its arrays are shared when they do not
     depend on the seed (``SequenceBuffer.with_seed``), so K seeds hold the data once.
+    ``keep_states``: keep the physics states and raw observations too (prompting a trained model).
     """
     if like is not None:
         shared = like.with_seed(cfg.seed)
@@ -131,6 +136,7 @@ def make_buffer(
         pad_with_zeros=cfg.env.pad_with_zeros,
         tasks=setup.tasks,
         episode_selection=cfg.env.episode_selection,
+        keep_states=keep_states,
     )
 
 
@@ -181,6 +187,7 @@ def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.d
         pad_with_zeros=cfg.env.pad_with_zeros,
         seed=cfg.seed,
         device=device,
+        backward_history_length=cfg.backward_history_length,
     )
 
 
