@@ -1,6 +1,6 @@
 """Forward+backward time of every memory model at the paper's sizes, as a markdown table.
 
-    .venv/bin/python benchmarks/memory_speed.py [--batch 512] [--length 32] [--repeats 3]
+    .venv/bin/python -m benchmarks.memory_speed [--batch 512] [--length 32] [--repeats 3]
 
 Columns: window forward+backward (training), the same under bf16 autocast, encode of the
 L-1 prefix without gradients + step of the last token with gradients (the actor-loss saving),

@@ -1,6 +1,6 @@
 """Sampling speed of the SequenceBuffer at the paper's sizes, and reformatting throughput.
 
-    .venv/bin/python benchmarks/sampling_speed.py [--episodes 200] [--batch 512] [--device cpu]
+    .venv/bin/python -m benchmarks.sampling_speed [--episodes 200] [--batch 512] [--device cpu]
 
 Builds an in-memory walker-shaped dataset (random values, ``--episodes`` x 1000 steps), then times
 ``sample`` (FB batch, and with HILP goals), ``sample_labelled`` (10,000 windows) under the

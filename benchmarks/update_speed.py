@@ -113,12 +113,12 @@ def time_split(
     in ``MetricLogger`` and the flush every ``log_interval`` steps, amortised per step).
     """
     from benchmarks.sampling_speed import random_dataset
-    from bfm.agents import fb, hilp
+    from bfm.agents import base
     from bfm.data import SequenceBuffer
     from bfm.training.config import LoggerSettings
     from bfm.training.logger import MetricLogger
 
-    module = fb if hasattr(agent, "fb_optimizer") else hilp
+    module = base  # AgentBase.update calls base.optimizer_step and base.polyak_update
     parts: dict[str, list[float]] = {
         k: [] for k in ("sampling", "representation", "actor", "target", "logging")
     }
