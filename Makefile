@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test test-all lint demo bench clean
+.PHONY: install test test-all lint demo bench gpu-bundle clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks --quick
+
+# The wheels a GPU machine without the project's dependencies needs (scripts/gpu_check.py installs them there).
+gpu-bundle: install
+	$(PY) scripts/gpu_bundle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
