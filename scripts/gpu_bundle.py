@@ -104,21 +104,27 @@ def check_suite_loads(wheel: Path) -> None:
             "[suite.load(d, t).reset() for d, t in (('walker', 'walk'), ('cheetah', 'run'), ('quadruped', 'walk'))]; "
             "print('suite domains load from the slim wheel')"
         )
-        subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": tmp, "MUJOCO_GL": "disable"})
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, env={"PYTHONPATH": tmp, "MUJOCO_GL": "disable"}
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "gpu_bundle"), help="bundle folder (default gpu_bundle/)")
     parser.add_argument("--python", default="3.12", help="the GPU machine's Python version (default 3.12)")
-    parser.add_argument("--limit_mib", type=float, default=58.0, help="largest bundle accepted (default 58 MiB)")
+    parser.add_argument(
+        "--limit_mib", type=float, default=58.0, help="largest bundle accepted (default 58 MiB)"
+    )
     args = parser.parse_args(argv)
     wheels = build(Path(args.out), args.python)
     check_suite_loads(next(w for w in wheels if w.name.startswith("dm_control-")))
     total = sum(w.stat().st_size for w in wheels)
     for wheel in wheels:
         print(f"{wheel.stat().st_size / 2**20:7.2f} MiB  {wheel.name}")
-    print(f"{total / 2**20:7.2f} MiB  in all ({len(wheels)} wheels) in {args.out}; limit {args.limit_mib} MiB")
+    print(
+        f"{total / 2**20:7.2f} MiB  in all ({len(wheels)} wheels) in {args.out}; limit {args.limit_mib} MiB"
+    )
     return 0 if total <= args.limit_mib * 2**20 else 1
 
 

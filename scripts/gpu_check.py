@@ -47,7 +47,12 @@ PARTS = ("env", "tests", "matmul", "speed", "seeds", "run")
 # Seconds each part may take on the GPU machine (about 7 minutes in all, with the install).
 LIMITS = {"env": 30, "tests": 90, "matmul": 20, "speed": 150, "seeds": 60, "run": 90}
 # Default tests that need only what the bundle brings (no launchers, wandb, rliable, ffmpeg, GL).
-SELECTED_TESTS = ["tests/test_memory.py", "tests/test_agents.py", "tests/test_envs_batched.py", "tests/test_data_buffer.py"]
+SELECTED_TESTS = [
+    "tests/test_memory.py",
+    "tests/test_agents.py",
+    "tests/test_envs_batched.py",
+    "tests/test_data_buffer.py",
+]
 TINY_TESTS = ["tests/test_memory.py", "-k", "window_equals_steps"]
 PAPER_UPDATES, PAPER_EVALUATIONS = 1_000_000, 51  # evaluation at step 0 and every 20k updates
 
@@ -79,7 +84,10 @@ def part_env(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def part_tests(args: argparse.Namespace) -> dict[str, Any]:
-    runs = {"gpu": (["tests/test_perf.py"] if args.tiny else [], "gpu"), "selected": (TINY_TESTS if args.tiny else SELECTED_TESTS, "not slow and not gpu")}
+    runs = {
+        "gpu": (["tests/test_perf.py"] if args.tiny else [], "gpu"),
+        "selected": (TINY_TESTS if args.tiny else SELECTED_TESTS, "not slow and not gpu"),
+    }
     out = {}
     for name, (selection, marker) in runs.items():
         started = time.perf_counter()
@@ -106,9 +114,15 @@ def part_matmul(args: argparse.Namespace) -> dict[str, Any]:
 
     size = 256 if args.tiny else 8192
     out = {"size": size}
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+    for name, dtype, tf32 in (
+        ("fp32", torch.float32, False),
+        ("tf32", torch.float32, True),
+        ("bf16", torch.bfloat16, False),
+    ):
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        out[f"{name}_gflops"] = round(matmul_gflops(size, dtype, args.device, seconds=0.5 if args.tiny else 2.0), 1)
+        out[f"{name}_gflops"] = round(
+            matmul_gflops(size, dtype, args.device, seconds=0.5 if args.tiny else 2.0), 1
+        )
     torch.backends.cuda.matmul.allow_tf32 = False
     return out
 
@@ -169,13 +183,26 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             row = {"algo": algo, "memory": memory, "mode": mode}
             try:
-                agent = build(algo, memory if memory != "none" else "gru", preset, "eager", args.device, **SPEED_MODES[mode])
+                agent = build(
+                    algo,
+                    memory if memory != "none" else "gru",
+                    preset,
+                    "eager",
+                    args.device,
+                    **SPEED_MODES[mode],
+                )
                 timing = time_updates(agent, batch, steps, args.device)
-                row.update(s_per_update=timing["best_s"], updates_per_s=1 / timing["best_s"], first_call_s=timing["warmup_s"])
+                row.update(
+                    s_per_update=timing["best_s"],
+                    updates_per_s=1 / timing["best_s"],
+                    first_call_s=timing["warmup_s"],
+                )
                 if mode == "eager":
                     row["launches_per_update"] = count_launches(agent, batch, args.device)
             except Exception as error:  # one failing mode must not hide the others
-                row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                row["error"] = (
+                    f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                )
             rows.append(row)
             _save_partial(args, "speed", out)
     try:
@@ -201,7 +228,18 @@ def part_seeds(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append({"preset": name, "seeds": k, "skipped": "part time limit"})
                 continue
             try:
-                rows.append(measure("fb_m", "gru", name, "eager", k, 2 if args.tiny else 3, args.device, rounds=1 if args.tiny else 2))
+                rows.append(
+                    measure(
+                        "fb_m",
+                        "gru",
+                        name,
+                        "eager",
+                        k,
+                        2 if args.tiny else 3,
+                        args.device,
+                        rounds=1 if args.tiny else 2,
+                    )
+                )
             except Exception as error:
                 rows.append({"preset": name, "seeds": k, "error": f"{type(error).__name__}: {error}"[:300]})
             _save_partial(args, "seeds", {"rows": rows})
@@ -219,7 +257,16 @@ def part_run(args: argparse.Namespace) -> dict[str, Any]:
     size = (
         ["experiment=smoke", "--learning_steps", "6", "--eval_frequency", "3"]
         if args.tiny
-        else ["--learning_steps", "3000", "--eval_frequency", "1000", "--eval_rollouts", "2", "--z_inference_steps", "2000"]
+        else [
+            "--learning_steps",
+            "3000",
+            "--eval_frequency",
+            "1000",
+            "--eval_rollouts",
+            "2",
+            "--z_inference_steps",
+            "2000",
+        ]
     )
     command = [
         sys.executable, str(ROOT / "main_exorl.py"), "fb_m", "walker", "rnd", "--memory_type", "gru",
@@ -241,8 +288,19 @@ def part_run(args: argparse.Namespace) -> dict[str, Any]:
     out["exit_code"] = resumed.returncode
     out["seconds"] = round(time.perf_counter() - started, 1)
     log_text = resumed.stdout + resumed.stderr
-    out["resumed_from"] = next((line.split("resume from ")[-1].rstrip(")") for line in log_text.splitlines() if "resume from" in line), None)
-    out["evaluation_seconds"] = [float(line.rsplit(" in ", 1)[1].rstrip("s")) for line in log_text.splitlines() if "eval step" in line and " in " in line]
+    out["resumed_from"] = next(
+        (
+            line.split("resume from ")[-1].rstrip(")")
+            for line in log_text.splitlines()
+            if "resume from" in line
+        ),
+        None,
+    )
+    out["evaluation_seconds"] = [
+        float(line.rsplit(" in ", 1)[1].rstrip("s"))
+        for line in log_text.splitlines()
+        if "eval step" in line and " in " in line
+    ]
     results = run_dir / "results.json"
     if results.is_file():
         summary = json.loads(results.read_text())
@@ -250,7 +308,11 @@ def part_run(args: argparse.Namespace) -> dict[str, Any]:
         out["steps"] = summary["steps"]
     train_csv = run_dir / "train.csv"
     if train_csv.is_file():
-        rates = [float(r["time/updates_per_second"]) for r in csv.DictReader(train_csv.open()) if r.get("time/updates_per_second")]
+        rates = [
+            float(r["time/updates_per_second"])
+            for r in csv.DictReader(train_csv.open())
+            if r.get("time/updates_per_second")
+        ]
         out["updates_per_second"] = sorted(rates)[len(rates) // 2] if rates else None
     if resumed.returncode != 0:
         out["error"] = log_text.strip()[-500:]
@@ -269,7 +331,9 @@ PART_FUNCTIONS = {
 
 def _save_partial(args: argparse.Namespace, part: str, value: dict[str, Any]) -> None:
     """Writes what a part has so far, so that a timeout keeps it."""
-    (Path(args.out) / f"{part}.json").write_text(json.dumps({"status": "partial", **value}, indent=2, default=str))
+    (Path(args.out) / f"{part}.json").write_text(
+        json.dumps({"status": "partial", **value}, indent=2, default=str)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,25 +347,54 @@ def install_bundle(bundle: Path, site: Path) -> dict[str, Any]:
         return {"status": "failed", "error": f"no wheels in {bundle}: run `make gpu-bundle` first"}
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(site), *wheels],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--target",
+            str(site),
+            *wheels,
+        ],
         capture_output=True,
         text=True,
     )
     status = "ok" if proc.returncode == 0 else "failed"
-    return {"status": status, "wheels": len(wheels), "seconds": round(time.perf_counter() - started, 1), "error": proc.stderr.strip()[-500:] if status != "ok" else None}
+    return {
+        "status": status,
+        "wheels": len(wheels),
+        "seconds": round(time.perf_counter() - started, 1),
+        "error": proc.stderr.strip()[-500:] if status != "ok" else None,
+    }
 
 
 def run_part(part: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     """Runs one part in a child process under its time limit; its JSON, or what went wrong."""
     limit = args.limits.get(part, LIMITS[part])
-    command = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--out", args.out, "--device", args.device, "--limit", str(limit)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--part",
+        part,
+        "--out",
+        args.out,
+        "--device",
+        args.device,
+        "--limit",
+        str(limit),
+    ]
     command += ["--tiny"] if args.tiny else []
     started = time.perf_counter()
     result_file = Path(args.out) / f"{part}.json"
     result_file.unlink(missing_ok=True)
     with (Path(args.out) / f"{part}.log").open("w") as log:
         try:
-            proc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
+            proc = subprocess.run(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit
+            )
             status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
             status = f"timeout after {limit} s"
@@ -314,14 +407,23 @@ def run_part(part: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
 def estimate_paper_run(report: dict[str, Any]) -> dict[str, Any] | None:
     """Wall time of 1M FB-M GRU updates at the best measured paper-config rate plus 51 evaluations
     (the run part's evaluation time scaled from its 2 episodes per task to the paper's 10)."""
-    rows = [r for r in report.get("speed", {}).get("rows", []) if r.get("algo") == "fb_m" and r.get("memory") == "gru" and "s_per_update" in r]
+    rows = [
+        r
+        for r in report.get("speed", {}).get("rows", [])
+        if r.get("algo") == "fb_m" and r.get("memory") == "gru" and "s_per_update" in r
+    ]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["s_per_update"])
     evals = report.get("run", {}).get("evaluation_seconds") or []
     eval_s = max(evals) * 5 if evals else None  # 10 episodes per task instead of 2, stepped together
     hours = (PAPER_UPDATES * best["s_per_update"] + PAPER_EVALUATIONS * (eval_s or 0)) / 3600
-    return {"mode": best["mode"], "updates_per_s": round(1 / best["s_per_update"], 1), "evaluation_s": eval_s, "hours": round(hours, 2)}
+    return {
+        "mode": best["mode"],
+        "updates_per_s": round(1 / best["s_per_update"], 1),
+        "evaluation_s": eval_s,
+        "hours": round(hours, 2),
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -340,26 +442,44 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"Tests ({name}): {tests[name]['summary']}")
     if "matmul" in report:
         m = report["matmul"]
-        lines.append(f"\nMatmul {m.get('size')}^3: fp32 {m.get('fp32_gflops')}, TF32 {m.get('tf32_gflops')}, bf16 {m.get('bf16_gflops')} GFLOP/s")
+        lines.append(
+            f"\nMatmul {m.get('size')}^3: fp32 {m.get('fp32_gflops')}, TF32 {m.get('tf32_gflops')}, bf16 {m.get('bf16_gflops')} GFLOP/s"
+        )
     speed = report.get("speed", {})
     if speed.get("rows"):
-        lines += [f"\nUpdate speed ({speed.get('preset')} config):\n", "| algo | memory | mode | s/update | updates/s | first call s | launches/update |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\nUpdate speed ({speed.get('preset')} config):\n",
+            "| algo | memory | mode | s/update | updates/s | first call s | launches/update |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in speed["rows"]:
             if "s_per_update" in r:
-                lines.append(f"| {r['algo']} | {r['memory']} | {r['mode']} | {r['s_per_update']:.4f} | {r['updates_per_s']:.1f} | {r['first_call_s']:.1f} | {r.get('launches_per_update', '')} |")
+                lines.append(
+                    f"| {r['algo']} | {r['memory']} | {r['mode']} | {r['s_per_update']:.4f} | {r['updates_per_s']:.1f} | {r['first_call_s']:.1f} | {r.get('launches_per_update', '')} |"
+                )
             else:
-                lines.append(f"| {r['algo']} | {r['memory']} | {r['mode']} | {r.get('error') or r.get('skipped')} | | | |")
+                lines.append(
+                    f"| {r['algo']} | {r['memory']} | {r['mode']} | {r.get('error') or r.get('skipped')} | | | |"
+                )
     if speed.get("split_fb_m_gru_eager"):
         split = speed["split_fb_m_gru_eager"]
-        lines.append("\nStep split, fb_m gru eager (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in split.items()))
+        lines.append(
+            "\nStep split, fb_m gru eager (ms): " + ", ".join(f"{k} {1000 * v:.2f}" for k, v in split.items())
+        )
     seeds = report.get("seeds", {}).get("rows", [])
     if seeds:
-        lines += ["\nSeveral seeds (fb_m gru, s per seed-update):\n", "| preset | K | sequential | batched | gain |", "|---|---|---|---|---|"]
+        lines += [
+            "\nSeveral seeds (fb_m gru, s per seed-update):\n",
+            "| preset | K | sequential | batched | gain |",
+            "|---|---|---|---|---|",
+        ]
         for r in seeds:
             if "sequential_s_per_seed" in r:
                 b = r.get("batched_s_per_seed")
                 gain = f"{r['sequential_s_per_seed'] / b:.2f}x" if b else r.get("note", "")
-                lines.append(f"| {r['preset']} | {r['seeds']} | {r['sequential_s_per_seed']:.4f} | {b if b is None else f'{b:.4f}'} | {gain} |")
+                lines.append(
+                    f"| {r['preset']} | {r['seeds']} | {r['sequential_s_per_seed']:.4f} | {b if b is None else f'{b:.4f}'} | {gain} |"
+                )
             else:
                 lines.append(f"| {r['preset']} | {r['seeds']} | {r.get('error') or r.get('skipped')} | | |")
     run = report.get("run", {})
@@ -381,7 +501,11 @@ def markdown(report: dict[str, Any]) -> str:
 def drive(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device, "tiny": args.tiny}
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": args.device,
+        "tiny": args.tiny,
+    }
     env = dict(os.environ, PYTHONHASHSEED="0", MUJOCO_GL="disable", BFM_PROGRESS="line")
     paths = [str(ROOT)]
     with tempfile.TemporaryDirectory(prefix="bfm_site_") as site:
@@ -402,8 +526,12 @@ def drive(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_check_out"), help="output folder")
-    parser.add_argument("--bundle", default=str(ROOT / "gpu_bundle"), help="wheel bundle (scripts/gpu_bundle.py)")
+    parser.add_argument(
+        "--out", default=os.environ.get("OUT") or str(ROOT / "gpu_check_out"), help="output folder"
+    )
+    parser.add_argument(
+        "--bundle", default=str(ROOT / "gpu_bundle"), help="wheel bundle (scripts/gpu_bundle.py)"
+    )
     parser.add_argument("--no_install", action="store_true", help="use this environment's packages")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the dry run)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU dry run of the test suite)")
@@ -416,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         return drive(args)
     sys.path.insert(0, str(ROOT))
     result = PART_FUNCTIONS[args.part](args)
-    (Path(args.out) / f"{args.part}.json").write_text(json.dumps({"status": "ok", **result}, indent=2, default=str))
+    (Path(args.out) / f"{args.part}.json").write_text(
+        json.dumps({"status": "ok", **result}, indent=2, default=str)
+    )
     return 0
 
 

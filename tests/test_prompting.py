@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from bfm.cli import evaluate as evaluate_cli
-from bfm.envs.prompts import FEATURES, GoalReward, PromptError, file_reward, formula_reward, parse_reward, task_reward
+from bfm.envs.prompts import (
+    FEATURES,
+    GoalReward,
+    PromptError,
+    file_reward,
+    formula_reward,
+    parse_reward,
+    task_reward,
+)
 from bfm.envs.render import RenderError, check_gl
 from bfm.training.prompting import TrainedModel
 from tests.test_cli import cli_env, run_cli

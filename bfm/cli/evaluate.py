@@ -48,7 +48,10 @@ def build_parser() -> errors.Parser:
         "--tasks", "--task", nargs="+", help="built-in tasks (default: the run's, or none with prompts)"
     )
     p.add_argument(
-        "--reward", action="append", default=[], help="[NAME=]FORMULA or [NAME=]FILE.py:FUNCTION (repeat for several)"
+        "--reward",
+        action="append",
+        default=[],
+        help="[NAME=]FORMULA or [NAME=]FILE.py:FUNCTION (repeat for several)",
     )
     p.add_argument(
         "--goal", action="append", default=[], help="EPISODE:STEP of the run's data, or an .npy observation"

@@ -240,7 +240,10 @@ class Evaluator:
         keys = list(env.episode_keys)
         width = getattr(getattr(agent, "config", None), "z_dim", None) or agent_z_dim(task_z)
         z = torch.stack(  # [N, d]; rows of state-dependent goals are filled in at every step
-            [task_z[task] if task in task_z else torch.zeros(width, device=self.device) for task, _, _ in keys]
+            [
+                task_z[task] if task in task_z else torch.zeros(width, device=self.device)
+                for task, _, _ in keys
+            ]
         ).to(self.device)
         goals = self._state_goals(agent, keys)
         totals, details = self._rollout(agent, env, z, goals, recorder)
