@@ -237,6 +237,18 @@ def test_cli_bad_input_exits_2_with_one_line(
     assert sorted(p for p in run_dir.rglob("*")) == before
 
 
+def test_no_gl_backend_exits_2_before_any_rollout(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr("bfm.envs.render.BACKENDS", ("no_such_backend",))
+    before = sorted(p for p in runs["fb_m"].rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main([str(runs["fb_m"]), "--video", "1"])
+    assert exit_info.value.code == 2
+    assert "no usable OpenGL backend for video (no_such_backend:" in capsys.readouterr().err
+    assert sorted(p for p in runs["fb_m"].rglob("*")) == before
+
+
 def test_cli_process_exits_2_on_bad_input(runs: dict[str, Path]) -> None:
     proc = run_evaluate(str(runs["fb_m"]), "--reward", "torso_height + speed")
     assert (

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         out=folder,
     )
     print(evaluation.table())
-    print(f"\nwritten: {folder}" + (f" ({len(evaluation.videos) // 2} videos)" if evaluation.videos else ""))
+    print(f"\nwritten: {folder}" + (f" (videos: {len(evaluation.videos) // 2})" if evaluation.videos else ""))
     return 0
 
 

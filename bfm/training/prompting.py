@@ -281,9 +281,9 @@ class TrainedModel:
     def _buffer(self, domain: str) -> tuple[Any, builders.EnvSetup]:
         """The run's data seen through ``domain``'s transforms (with the physics states), cached."""
         if domain not in self._buffers:
-            cfg = dataclasses.replace(
-                self.cfg, env=dataclasses.replace(self.cfg.env, domain=domain, eval_tasks=[])
-            )
+            every_task = list(envs.DOMAINS[self.base_domain()].reward_tasks)  # any task can be asked for
+            env = dataclasses.replace(self.cfg.env, domain=domain, eval_tasks=every_task)
+            cfg = dataclasses.replace(self.cfg, env=env)
             setup = builders.make_env(cfg)
             builders.dataset_paths(cfg, setup.domain)  # a missing dataset names the command that makes it
             self._buffers[domain] = (builders.make_buffer(cfg, setup, self.device, keep_states=True), setup)
