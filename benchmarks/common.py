@@ -4,6 +4,7 @@ the official code's numbers (README, "Performance") and the presets measured.
 
 from __future__ import annotations
 
+
 import os
 import platform
 import statistics
@@ -77,11 +78,36 @@ class Preset:
         return cfg
 
 
+@dataclass(frozen=True)
+class CpuPreset(Preset):
+    """``experiment=cpu``'s sizes (bfm/configs/experiment/cpu.yaml): z 32, widths 128 / 256, memory
+    64 wide with 64-wide token MLPs, L_F 8, L_B 4, batch 256."""
+
+    def agent_config(self, memory: str = "gru", **overrides: Any) -> dict[str, Any]:
+        tokens = {"token_dim": 64}
+        cfg: dict[str, Any] = {
+            "z_dim": 32,
+            "hidden_dim": 128,
+            "head_hidden_dim": 256,
+            "memory": {
+                "name": memory,
+                "model_dimension": 64,
+                "history_length": self.history,
+                "backward_history_length": self.backward_history,
+                "settings": {"gru": tokens, "transformer": tokens, "s4d": tokens},
+            },
+        }
+        cfg.update(overrides)
+        return cfg
+
+
 PRESETS = {
     # The official code's "small FB-M" timing: GRU 128, all widths 128, batch 64, L_F 8, L_B 4.
     "small": Preset("small", 64, 8, 4, 128),
     # The paper: GRU 512, batch 512, L_F 32, L_B 8.
     "paper": Preset("paper", 512, 32, 8, None),
+    # The CPU preset of README "Learning on a CPU".
+    "cpu": CpuPreset("cpu", 256, 8, 4, None),
 }
 
 

@@ -142,7 +142,7 @@ def _presets(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.tiny:
         return {"tiny": Preset("tiny", 16, 4, 2, 16)}
-    return {"paper": PRESETS["paper"], "cpu": Preset("cpu", 256, 8, 4, 64)}
+    return {"paper": PRESETS["paper"], "cpu": PRESETS["cpu"]}
 
 
 def _rows(args: argparse.Namespace) -> list[tuple[str, str]]:
