@@ -4,7 +4,6 @@ the official code's numbers (README, "Performance") and the presets measured.
 
 from __future__ import annotations
 
-
 import os
 import platform
 import statistics
