@@ -399,12 +399,15 @@ def run_part(part: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     result_file = Path(args.out) / f"{part}.json"
     result_file.unlink(missing_ok=True)
     with (Path(args.out) / f"{part}.log").open("w") as log:
+        # Its own process group, so that a timeout also stops what the part started (pytest, a training run).
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            proc = subprocess.run(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit
-            )
-            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            status = "ok" if proc.wait(timeout=limit) == 0 else f"failed (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             status = f"timeout after {limit} s"
     seconds = round(time.perf_counter() - started, 1)
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
@@ -547,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part here
     parser.add_argument("--limit", type=float, default=60, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = str(Path(args.out).resolve())  # the parts run in the repository root
     args.limits = dict(LIMITS)
     if args.part is None:
         return drive(args)

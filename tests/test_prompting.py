@@ -214,6 +214,11 @@ def test_cli_writes_an_evaluation_folder_and_leaves_training_files(
         (["{run}", "--goal", "x"], "expected EPISODE:STEP"),
         (["{run}", "--video_size", "8"], "expected WIDTHxHEIGHT"),
         (["{tmp}"], "holds no config.yaml"),
+        (["{run}", "--name", ".."], "one folder name of letters"),
+        (["{run}", "--domain", "walker_bogus"], "walker_bogus"),
+        (["{run}", "--domain", "walker_occluded"], "gives observations of widths (15, 15)"),
+        (["{run}", "--multipliers", "inf"], "must be a finite number > 0"),
+        (["{run}", "--reward", "9**9**9"], "cannot be evaluated"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(

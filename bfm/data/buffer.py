@@ -23,7 +23,6 @@ import torch
 from bfm.data.batch import Batch, BatchSpec, GoalSampling, LabelledWindows
 from bfm.data.exorl import (
     DatasetError,
-    parse_dataset_path,
     read_array_rows,
     read_manifest,
     reward_key,
@@ -190,12 +189,13 @@ class SequenceBuffer:
             return parts[0][key] if n == 1 else np.concatenate([p[key] for p in parts])
 
         rewards = {t: cat(reward_key(t)) for t in self.tasks}
-        self.row_multipliers = np.concatenate(  # [E]: the dynamics multiplier each episode was collected at
-            [
-                np.full(len(p["observation"]), parse_dataset_path(path)[3])
-                for p, path in zip(parts, self.paths, strict=True)
-            ]
-        )
+        if keep_states:  # [E]: the dynamics multiplier each episode was collected at
+            self.row_multipliers = np.concatenate(
+                [
+                    np.full(len(p["observation"]), float(m.get("multiplier", 1.0)))
+                    for p, m in zip(parts, manifests, strict=True)
+                ]
+            )
         return cat("observation"), cat("action"), rewards, cat("physics") if keep_states else None
 
     def _check_manifest(self, path: Path, manifest: dict) -> None:

@@ -186,7 +186,7 @@ def formula_reward(domain: str, text: str, name: str = "formula") -> FeatureRewa
 
     try:  # a formula numexpr cannot evaluate fails now, not at the first episode
         fn(dict.fromkeys(FEATURES[domain], np.ones(1)))
-    except (ValueError, TypeError, KeyError, SyntaxError, NotImplementedError) as error:
+    except (ValueError, TypeError, KeyError, SyntaxError, NotImplementedError, ArithmeticError) as error:
         raise PromptError(
             f"formula {text!r} cannot be evaluated ({error}); accepted: {accepted_names(domain)}"
         ) from None
@@ -232,7 +232,8 @@ class _FormulaRewriter(ast.NodeTransformer):
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         if not isinstance(node.value, int | float) or isinstance(node.value, bool):
             self.fail(f"the constant {node.value!r} is not a number")
-        return node
+        # floats only: numexpr folds integer constants with Python itself (9**9**9 would not end)
+        return ast.copy_location(ast.Constant(float(node.value)), node)
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         if not isinstance(node.func, ast.Name) or node.func.id not in ("tolerance", *FORMULA_FUNCTIONS):

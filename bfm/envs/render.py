@@ -32,6 +32,16 @@ from bfm.envs.physics import make_physics
 BACKENDS = ("egl", "osmesa")
 CAMERAS = {"walker": 0, "cheetah": 0, "quadruped": 2}  # side views (quadruped: the suite's "x")
 EXIT_NO_GL = 3  # the child's exit code when no backend can render
+# The child: a backend that cannot start fails at dm_control's import or at the first frame (exit 3).
+_CHILD = """
+import sys
+try:
+    from bfm.envs import render
+except Exception as error:
+    print(f"{type(error).__name__}: {error}".strip().splitlines()[0], file=sys.stderr)
+    sys.exit(3)
+sys.exit(render._child(sys.argv[1]))
+"""
 
 
 class RenderError(RuntimeError):
@@ -113,19 +123,22 @@ def _run_child(spec: dict, tmp: str, backends: Sequence[str] | None) -> tuple[st
     works; (that backend, the written files)."""
     (Path(tmp) / "spec.json").write_text(json.dumps(spec))
     failures = []
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports bfm from wherever it runs
     for backend in BACKENDS if backends is None else backends:
         env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
         done = subprocess.run(
-            [sys.executable, "-m", "bfm.envs.render", str(Path(tmp) / "spec.json")],
+            [sys.executable, "-c", _CHILD, str(Path(tmp) / "spec.json")],
             env=env,
             capture_output=True,
             text=True,
         )
         if done.returncode == 0:
             return backend, [Path(p) for p in done.stdout.split()]
-        # A backend that cannot start fails at dm_control's import or at the first frame: try the next.
-        message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        failures.append(f"{backend}: {message[:200]}")
+        message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1][:200]
+        if done.returncode != EXIT_NO_GL:  # GL worked: the video itself failed
+            raise RenderError(f"rendering failed with MUJOCO_GL={backend}: {message}")
+        failures.append(f"{backend}: {message}")
     raise RenderError(
         f"no usable OpenGL backend for video ({'; '.join(failures)}); install Mesa's EGL (libegl1) or OSMesa "
         "(libosmesa6), or run without video"

@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +126,16 @@ class TrainedModel:
                 f"{self.agent.name}'s goal z compares phi of the goal and of the current observation, but this run's "
                 f"streams differ in width ({self.agent.obs_dim} and {self.agent.goal_dim}); use a run without "
                 "_dynamics_occluded / _rewards_occluded"
+            )
+        parsed = envs.parse_domain(domain or self.cfg.env.domain)
+        if (
+            self.agent.goal_needs_state
+            and parsed.variant
+            and parsed.corrupt_dynamics != parsed.corrupt_rewards
+        ):
+            raise PromptError(
+                f"{self.agent.name}'s goal z feeds phi (a B-stream network) the policy's observations, which "
+                f"{domain or self.cfg.env.domain} corrupts differently; use a variant that corrupts both streams or none"
             )
         buffer, setup = self._buffer(domain or self.cfg.env.domain)
         name = "goal_" + Path(spec).stem if spec.endswith(".npy") else "goal_" + spec.replace(":", "_")
@@ -245,7 +256,11 @@ class TrainedModel:
         z_inference_steps: int | None,
     ) -> RunConfig:
         """The run config with the evaluation's settings, checked like a training run's."""
-        if envs.parse_domain(domain).domain != self.base_domain():
+        try:
+            spec = envs.parse_domain(domain)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if spec.domain != self.base_domain():
             raise ConfigError(
                 f"domain {domain!r} is not a variant of the run's domain {self.base_domain()!r}; accepted: "
                 + ", ".join(
@@ -274,6 +289,9 @@ class TrainedModel:
             self.cfg, env=env, train=train, seed=self.cfg.seed if seed is None else seed
         )
         validate_names(cfg)
+        for m in cfg.env.eval_multipliers:
+            if not (np.isfinite(m) and m > 0):
+                raise ConfigError(f"multiplier {m} must be a finite number > 0")
         if tasks:
             builders.make_env(cfg)  # unknown tasks fail here, naming the accepted ones
         return cfg
@@ -285,6 +303,12 @@ class TrainedModel:
             env = dataclasses.replace(self.cfg.env, domain=domain, eval_tasks=every_task)
             cfg = dataclasses.replace(self.cfg, env=env)
             setup = builders.make_env(cfg)
+            widths = (setup.dynamics_transform.out_dim, setup.rewards_transform.out_dim)
+            if widths != (self.agent.obs_dim, self.agent.goal_dim):
+                raise ConfigError(
+                    f"domain {domain!r} gives observations of widths {widths}, but the model takes "
+                    f"{(self.agent.obs_dim, self.agent.goal_dim)} (F/pi, B); use a variant that keeps them"
+                )
             builders.dataset_paths(cfg, setup.domain)  # a missing dataset names the command that makes it
             self._buffers[domain] = (builders.make_buffer(cfg, setup, self.device, keep_states=True), setup)
         return self._buffers[domain]
@@ -465,8 +489,13 @@ class Evaluation:
         ``recordings`` (``videos/<prompt>_m<multiplier>_ep<k>.mp4`` and ``.png``) into ``folder``,
         all or nothing: a failure leaves no folder behind."""
         folder = Path(folder)
+        if folder.exists() and not (folder / "results.json").is_file():
+            raise ConfigError(
+                f"{folder} exists and is not an evaluation folder (no results.json); use another name"
+            )
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        created = not folder.parent.exists()
         tmp.mkdir(parents=True)
         try:
             (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=2))
@@ -477,6 +506,8 @@ class Evaluation:
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if created and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()  # a failed first evaluation leaves no evaluations/ behind
         self.folder = folder
         self.videos = [folder / "videos" / p.name for p in written]
         return folder
@@ -515,6 +546,10 @@ def evaluation_folder(run_dir: Path, name: str | None, step: int, domain: str) -
     ... when taken, so an evaluation never replaces another."""
     root = Path(run_dir) / EVALUATIONS_DIR
     if name:
+        if not re.fullmatch(r"\w[\w.-]*", name):
+            raise ConfigError(
+                f"--name {name!r}: one folder name of letters, digits, '_', '-', '.' (no '/', not '.' or '..')"
+            )
         return root / name
     base, k = f"step{step}_{domain}", 2
     folder = root / base
