@@ -275,6 +275,7 @@ class Evaluator:
         totals = np.zeros(n, dtype=np.float64)
         goal_rows = self._goal_rows(env)
         distances = {name: [] for name in goal_rows}
+        goals = {t.name: t for t in self.tasks if isinstance(t, GoalReward)}  # looked up once, not per step
         state_goal_rows = [(goal_rows[name], task) for name, task in (state_goals or {}).items()]
         window_length = self.history_length
         if state_goal_rows:
@@ -285,7 +286,7 @@ class Evaluator:
         if self.pad_with_zeros:
             obs_window[:, :-1] = 0.0
         action_window = torch.zeros(n, window_length, self.action_dim, device=self.device)  # [N, W, a]
-        self._observe_goals(env, goal_rows, distances)
+        self._observe_goals(env, goal_rows, goals, distances)
         if recorder is not None:
             recorder.on_step(0, env, first, totals)
         t = 0
@@ -300,7 +301,7 @@ class Evaluator:
             next_obs, reward, done = env.step(action.detach().cpu().numpy().astype(np.float32))
             totals += np.asarray(reward, dtype=np.float64)
             t += 1
-            self._observe_goals(env, goal_rows, distances)
+            self._observe_goals(env, goal_rows, goals, distances)
             if recorder is not None:
                 recorder.on_step(t, env, next_obs, totals)
             if np.all(done):
@@ -316,10 +317,15 @@ class Evaluator:
         keys = env.episode_keys
         return {name: np.array([i for i, k in enumerate(keys) if k[0] == name]) for name in goals}
 
-    def _observe_goals(self, env: Any, goal_rows: dict[str, np.ndarray], distances: dict[str, list]) -> None:
+    def _observe_goals(
+        self,
+        env: Any,
+        goal_rows: dict[str, np.ndarray],
+        goals: dict[str, GoalReward],
+        distances: dict[str, list],
+    ) -> None:
         for name, rows in goal_rows.items():
-            task = next(t for t in self.tasks if self._name(t) == name)
-            distances[name].append(task.distance(env.raw_observation[rows]))  # [n]
+            distances[name].append(goals[name].distance(env.raw_observation[rows]))  # [n]
 
     def _goal_details(
         self, env: Any, goal_rows: dict[str, np.ndarray], distances: dict[str, list]
