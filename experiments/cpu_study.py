@@ -1,20 +1,24 @@
-"""The CPU-scale study: FB, FB-stack and FB-M on walker and walker_flickering (walker_noise optional).
+"""The CPU-scale study: FB, HILP, FB-stack, FB-M, HILP-M and memory ablations on walker and cheetah.
 
-    python experiments/cpu_study.py                      # the whole study (README, "Reproducing the paper")
+    python experiments/cpu_study.py                      # the default study (README, "Reproducing the paper")
     python experiments/cpu_study.py --dry_run            # print the commands only
-    python experiments/cpu_study.py --methods fb fb_stack fb_m hilp --seeds 1 2 3 4 5
+    python experiments/cpu_study.py --methods hilp hilp_m --domains walker walker_flickering walker_noise
 
 Steps, each skipped when already done:
 
-1. the dataset: ``exorl_reformatter.py walker_rnd --collect --explorer cpu`` into ``--data_dir``
-   when ``<data_dir>/walker/rnd/buffer/dataset.npz`` is missing (the collection resumes itself);
+1. the dataset of each base domain: ``exorl_reformatter.py <domain>_rnd --collect --explorer cpu``
+   into ``--data_dir`` when ``<data_dir>/<domain>/rnd/buffer/dataset.npz`` is missing (the
+   collection resumes itself);
 2. one ``main_exorl.py`` run per method x domain x seed, ``--jobs`` at a time (one torch thread
-   each), all with the same preset and update budget; a run whose ``results.json`` reached
-   ``--updates`` is skipped, an interrupted one continues from its last checkpoint;
-3. the report: ``plot_results.py``'s tables and figures (IQM over runs x tasks with 95 %
-   stratified-bootstrap CIs; scores under partial observability in percent of the same method's
-   fully observed score, as in the paper) plus ``summary.md`` with the paper's numbers beside
-   ours, the command and the wall time, all into ``--report_dir``.
+   each), all with the same preset and update budget, in ``<runs>/<method>/<domain>/seed<seed>``;
+   an interrupted run continues from its last checkpoint. When a run ends, its small outputs
+   (``results.json``, ``eval.csv``, ``train.csv``, ``config.yaml`` and ``driver.json`` with its
+   wall time) are copied to ``<results>/<method>/<domain>/seed<seed>``, a folder meant to be
+   committed: a run whose copy there reached ``--updates`` is done, on any machine;
+3. the report, written from the ``--results`` folder alone: ``plot_results.py``'s tables and
+   figures (IQM over runs x tasks with 95 % stratified-bootstrap CIs; scores under partial
+   observability in percent of the same method's fully observed score, as in the paper) plus
+   ``summary.md`` with the paper's numbers beside ours and the compute, into ``--report_dir``.
 
 Each run's output goes to ``<run_dir>/driver.log``. The exit code is 0 when every run finished,
 1 when some failed (listed at the end; rerun the same command to retry them), 2 on bad arguments.
@@ -25,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -39,23 +45,52 @@ sys.path.insert(0, str(ROOT))
 
 from bfm.cli import report as plot_results  # noqa: E402  (the repository root is put on the path above)
 
-# Study method -> (algorithm, memory type or None); the names plot_results reports them under.
-METHODS: dict[str, tuple[str, str | None]] = {
-    "fb": ("fb", None),
-    "fb_stack": ("fb_m", "mlp"),
-    "fb_m": ("fb_m", "gru"),
-    "hilp": ("hilp", None),
+
+@dataclass(frozen=True)
+class Method:
+    """A study method: the algorithm, its memory model (None: memory-free) and extra overrides."""
+
+    algorithm: str
+    memory: str | None = None
+    overrides: tuple[str, ...] = ()
+
+
+# HILP's settings at this scale, from the pilots in docs/results/hilp_pilots: an expectile above
+# the reference code's 0.5 (which makes the phi value loss a plain MSE) lifts every walker task.
+HILP_SETTINGS = ("agent.expectile=0.7",)
+# Study method -> Method; plot_results reports them under the paper's names (FB-stack, FB-M, ...).
+METHODS: dict[str, Method] = {
+    "fb": Method("fb"),
+    "fb_stack": Method("fb_m", "mlp"),
+    "fb_m": Method("fb_m", "gru"),
+    "hilp": Method("hilp", None, HILP_SETTINGS),
+    "hilp_m": Method("hilp_m", "gru", HILP_SETTINGS),
+    # The memory ablation (the paper's walker ablation): other memory models in F, B and pi, and
+    # the GRU in F and pi only (memory-free B).
+    "fb_m_transformer": Method("fb_m", "transformer"),
+    "fb_m_s4d": Method("fb_m", "s4d"),
+    "fb_m_gru_f": Method("fb_m", "gru", ("agent.recurrent_B=false",)),
 }
-DOMAINS = ("walker", "walker_flickering", "walker_noise")
+DOMAINS = (
+    "walker",
+    "walker_flickering",
+    "walker_noise",
+    "cheetah",
+    "cheetah_flickering",
+    "cheetah_noise",
+)
 # The default leaves walker_noise out: with it the study took 117 minutes on 2 cores, not
 # the 100 it is sized for (README, "Reproducing the paper"); ``--domains`` with all three adds it.
 DEFAULT_DOMAINS = ("walker", "walker_flickering")
 
-# The paper's Figure numbers (percent of the same method's fully observed score, IQM): walker.
-PAPER_PERCENT: dict[str, dict[str, int]] = {
-    "noise": {"FB": 53, "HILP": 48, "FB-stack": 67, "FB-M": 68},
-    "flickering": {"FB": 12, "HILP": 13, "FB-stack": 81, "FB-M": 80},
+# The paper's Figure numbers (percent of the same method's fully observed score, IQM).
+PAPER_PERCENT: dict[tuple[str, str], dict[str, int]] = {
+    ("walker", "noise"): {"FB": 53, "HILP": 48, "FB-stack": 67, "FB-M": 68},
+    ("walker", "flickering"): {"FB": 12, "HILP": 13, "FB-stack": 81, "FB-M": 80},
+    ("cheetah", "noise"): {"FB": 45, "HILP": 21, "FB-stack": 24, "FB-M": 31},
+    ("cheetah", "flickering"): {"FB": 38, "HILP": 16, "FB-stack": 23, "FB-M": 36},
 }
+SMALL_OUTPUTS = ("results.json", "eval.csv", "train.csv", "config.yaml")
 STATE_FILE = "study.json"  # per-run wall seconds, kept across invocations in the runs root
 
 
@@ -68,16 +103,15 @@ class Job:
     seed: int
 
     @property
-    def algorithm(self) -> str:
-        return METHODS[self.method][0]
+    def spec(self) -> Method:
+        return METHODS[self.method]
 
     @property
-    def memory(self) -> str | None:
-        return METHODS[self.method][1]
+    def base_domain(self) -> str:
+        return self.domain.partition("_")[0]
 
     def run_dir(self, runs: Path) -> Path:
-        """The default layout of main_exorl.py under ``runs`` (plot_results finds it there)."""
-        return runs / self.algorithm / self.domain / "rnd" / (self.memory or "none") / f"seed{self.seed}"
+        return runs / self.method / self.domain / f"seed{self.seed}"
 
     def key(self) -> str:
         return f"{self.method}/{self.domain}/seed{self.seed}"
@@ -91,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=DOMAINS,
         default=list(DEFAULT_DOMAINS),
-        help="default: walker walker_flickering",
+        help="default: walker walker_flickering; each base domain (walker, cheetah) gets its own dataset",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--updates", type=int, default=12000, help="gradient steps per run (default 12000)")
@@ -105,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runs", default="runs/cpu_study", help="root of the run directories (default runs/cpu_study)"
+    )
+    p.add_argument(
+        "--results",
+        default="docs/results/cpu_study/runs",
+        help="where each finished run's small outputs are kept, to be committed; the report reads only "
+        "these (default docs/results/cpu_study/runs)",
     )
     p.add_argument(
         "--report_dir", default="report/cpu_study", help="where the report goes (default report/cpu_study)"
@@ -125,11 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def dataset_command(args: argparse.Namespace) -> list[str]:
+def dataset_path(args: argparse.Namespace, base_domain: str) -> Path:
+    return Path(args.data_dir) / base_domain / "rnd" / "buffer" / "dataset.npz"
+
+
+def dataset_command(args: argparse.Namespace, base_domain: str) -> list[str]:
     return [
         sys.executable,
         str(ROOT / "exorl_reformatter.py"),
-        "walker_rnd",
+        f"{base_domain}_rnd",
         "--collect",
         "--explorer",
         "cpu",
@@ -141,10 +185,11 @@ def dataset_command(args: argparse.Namespace) -> list[str]:
 
 
 def train_command(job: Job, args: argparse.Namespace) -> list[str]:
+    spec = job.spec
     cmd = [
         sys.executable,
         str(ROOT / "main_exorl.py"),
-        job.algorithm,
+        spec.algorithm,
         job.domain,
         "rnd",
         f"experiment={args.preset}",
@@ -154,26 +199,70 @@ def train_command(job: Job, args: argparse.Namespace) -> list[str]:
         f"train.eval_frequency={args.eval_frequency}",
         "train.show_progress=false",
         f"seed={job.seed}",
-        f"run_root={args.runs}",
+        f"run_dir={job.run_dir(Path(args.runs))}",
     ]
-    if job.memory:
-        cmd.append(f"memory={job.memory}")
-    return cmd + list(args.overrides)
+    if spec.memory:
+        cmd.append(f"memory={spec.memory}")
+    return cmd + list(spec.overrides) + list(args.overrides)
 
 
-def finished(job: Job, args: argparse.Namespace) -> bool:
-    """The run's results.json exists and reached the study's update budget."""
-    path = job.run_dir(Path(args.runs)) / "results.json"
+def reached(results: Path, updates: int) -> bool:
+    """``results`` (a results.json) exists and its run reached ``updates`` steps."""
     try:
-        return json.loads(path.read_text()).get("steps", -1) >= args.updates
+        return json.loads(results.read_text()).get("steps", -1) >= updates
     except (OSError, ValueError):
         return False
+
+
+def kept_dir(job: Job, args: argparse.Namespace) -> Path:
+    """The run's folder in the committed results (``--results``)."""
+    return Path(args.results) / job.method / job.domain / f"seed{job.seed}"
+
+
+def finished(job: Job, args: argparse.Namespace, ledger: Ledger | None = None) -> bool:
+    """The run's kept results reached the study's budget (a run finished in its run directory
+    whose outputs were not kept yet, e.g. by an older driver, is kept now)."""
+    if reached(kept_dir(job, args) / "results.json", args.updates):
+        return True
+    if reached(job.run_dir(Path(args.runs)) / "results.json", args.updates):
+        keep(job, args, ledger.seconds.get(job.key()) if ledger else None)
+        return True
+    return False
+
+
+def keep(job: Job, args: argparse.Namespace, seconds: float | None) -> None:
+    """Copies the run's small outputs into its kept folder (results.json last, since it marks the
+    run done), with ``driver.json``: the wall time and the machine."""
+    source, target = job.run_dir(Path(args.runs)), kept_dir(job, args)
+    target.mkdir(parents=True, exist_ok=True)
+    if seconds is None:  # not measured by this driver: from config.yaml to results.json
+        seconds = (source / "results.json").stat().st_mtime - (source / "config.yaml").stat().st_mtime
+    info = {
+        "seconds": round(seconds, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_model(),
+        "jobs_at_a_time": args.jobs,
+        "command": shlex.join(train_command(job, args)[1:]),
+    }
+    (target / "driver.json").write_text(json.dumps(info, indent=1) + "\n")
+    for name in SMALL_OUTPUTS:
+        shutil.copy2(source / name, target / name)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def ordered_jobs(args: argparse.Namespace) -> list[Job]:
     """Domains in the given order (fully observed first, the normaliser), seeds, then methods
     with memory first (the slowest), so that two jobs at a time end close together."""
-    slow_first = sorted(args.methods, key=lambda m: (METHODS[m][1] != "gru", METHODS[m][1] is None))
+    slow_first = sorted(args.methods, key=lambda m: (METHODS[m].memory is None, METHODS[m].memory != "gru"))
     return [Job(m, d, s) for d in args.domains for s in args.seeds for m in slow_first]
 
 
@@ -207,6 +296,8 @@ def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
         code = subprocess.run(train_command(job, args), cwd=ROOT, env=env, stdout=log, stderr=log).returncode
     seconds = time.perf_counter() - start
     ledger.add(job.key(), seconds)
+    if code == 0:
+        keep(job, args, ledger.seconds[job.key()])
     status = "done" if code == 0 else f"FAILED (exit {code}, see {run_dir / 'driver.log'})"
     say(f"{status}  {job.key()} in {seconds / 60:.1f} min")
     return code == 0
@@ -220,20 +311,15 @@ def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_seconds(job: Job, runs: Path, ledger: Ledger) -> float:
-    """The run's time as the driver measured it, else (a run the driver did not see end, e.g.
-    started by an earlier driver that was stopped) from its config.yaml to its results.json."""
-    if job.key() in ledger.seconds:
-        return ledger.seconds[job.key()]
-    run_dir = job.run_dir(runs)
-    return (run_dir / "results.json").stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
+def run_seconds(job: Job, args: argparse.Namespace) -> float:
+    """The run's wall seconds as kept in its driver.json."""
+    return float(json.loads((kept_dir(job, args) / "driver.json").read_text())["seconds"])
 
 
-def study_span_s(done: list[Job], runs: Path) -> float:
-    """Seconds from the first run's start (its config.yaml) to the last run's end (its results.json)."""
-    starts = [job.run_dir(runs).joinpath("config.yaml").stat().st_mtime for job in done]
-    ends = [job.run_dir(runs).joinpath("results.json").stat().st_mtime for job in done]
-    return max(ends) - min(starts)
+def method_order(name: str) -> tuple[int, str]:
+    """The paper's methods first, in its order, then the ablation's."""
+    order = plot_results.METHOD_ORDER
+    return (order.index(name) if name in order else len(order), name)
 
 
 def absolute_returns(rows: list[dict], reps: int) -> list[str]:
@@ -245,9 +331,7 @@ def absolute_returns(rows: list[dict], reps: int) -> list[str]:
         "| method | domain | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
-    for r in sorted(
-        rows, key=lambda r: (DOMAINS.index(r["domain"]), plot_results.METHOD_ORDER.index(r["method"]))
-    ):
+    for r in sorted(rows, key=lambda r: (DOMAINS.index(r["domain"]), method_order(r["method"]))):
         matrix, _ = plot_results.score_matrix(r["runs"], "final", None)  # [seeds, tasks], returns
         cells = []
         for j in range(len(tasks)):
@@ -258,12 +342,13 @@ def absolute_returns(rows: list[dict], reps: int) -> list[str]:
     return lines
 
 
-def summary(
-    rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, ledger: Ledger, command: str
-) -> str:
-    """The paper-shaped comparison (ours beside the paper's percentages) with command and timing."""
-    keyed = {(r["variant"], r["method"]): r for r in rows}
-    methods = [m for m in plot_results.METHOD_ORDER if any(r["method"] == m for r in rows)]
+def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, command: str) -> str:
+    """The paper-shaped comparison (ours beside the paper's percentages) with command and compute."""
+    keyed = {(r["domain"], r["method"]): r for r in rows}
+    methods = sorted({r["method"] for r in rows}, key=method_order)
+    machines = sorted(
+        {json.loads((kept_dir(j, args) / "driver.json").read_text()).get("cpu", "?") for j in done}
+    )
     lines = [
         "# CPU-scale study: summary",
         "",
@@ -271,29 +356,28 @@ def summary(
         "",
         f"Runs: {len(done)} ({', '.join(args.methods)} x {', '.join(args.domains)} x seeds "
         f"{' '.join(map(str, args.seeds))}), {args.updates} updates each, preset `{args.preset}`, "
-        f"{args.episodes} locally collected episodes (`--explorer cpu`).",
-        f"Wall time from the first run's start to the last run's end: {study_span_s(done, Path(args.runs)) / 60:.1f} min "
-        f"({args.jobs} runs at a time; this invocation {wall_s / 60:.1f} min); summed run time "
-        f"{sum(run_seconds(job, Path(args.runs), ledger) for job in done) / 60:.1f} min.",
+        f"{args.episodes} locally collected episodes per domain (`--explorer cpu`).",
+        f"Compute: {sum(run_seconds(job, args) for job in done) / 60:.1f} min of summed run wall time "
+        f"(one torch thread per run, {args.jobs} runs at a time; machines: {'; '.join(machines)}); "
+        f"this invocation {wall_s / 60:.1f} min.",
         "",
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
-        'CI); "paper" is the paper\'s figure for walker (Jeen et al., 2025).',
+        'CI); "paper" is the paper\'s figure (Jeen et al., 2025).',
         "",
-        "| POMDP | " + " | ".join(methods) + " |",
-        "|---|" + "---|" * len(methods),
+        "| domain | POMDP | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
     ]
-    for variant in [v for v in ("flickering", "noise") if any(r["variant"] == v for r in rows)]:
+    for domain in [d for d in DOMAINS if any(r["domain"] == d for r in rows)]:
+        base, _, variant = domain.partition("_")
+        paper = PAPER_PERCENT.get((base, variant), {})
         cells = []
         for m in methods:
-            r = keyed.get((variant, m))
-            ours = plot_results._cell(r["iqm"], r["ci"], r["normalised"]) if r else "-"
-            paper = PAPER_PERCENT[variant].get(m)
-            cells.append(f"{ours} (paper {paper} %)" if paper is not None else ours)
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    full = [keyed.get(("full", m)) for m in methods]
-    if any(full):
-        cells = [plot_results._cell(r["iqm"], r["ci"], False) if r else "-" for r in full]
-        lines.append("| fully observed (return, 0-1000) | " + " | ".join(cells) + " |")
+            r = keyed.get((domain, m))
+            normalised = bool(r and r["normalised"])
+            ours = plot_results._cell(r["iqm"], r["ci"], normalised) if r else "-"
+            cells.append(f"{ours} (paper {paper[m]} %)" if m in paper and normalised else ours)
+        label = variant or "fully observed (return, 0-1000)"
+        lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
     lines += ["", *absolute_returns(rows, args.reps)]
     lines += [
         "",
@@ -302,16 +386,19 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
-def run_study(jobs: list[Job], dataset: Path, args: argparse.Namespace, ledger: Ledger) -> list[str] | None:
-    """Makes the dataset if missing, then runs every unfinished job; returns the failed ones
-    (None when the dataset could not be made)."""
-    if not dataset.exists():
-        say(f"collecting the dataset: {shlex.join(dataset_command(args))}")
-        env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
-        if subprocess.run(dataset_command(args), cwd=ROOT, env=env).returncode != 0:
-            sys.stderr.write("cpu_study.py: error: the dataset collection failed (its output is above)\n")
-            return None
-    todo = [job for job in jobs if not finished(job, args)]
+def run_study(jobs: list[Job], args: argparse.Namespace, ledger: Ledger) -> list[str] | None:
+    """Makes each missing dataset, then runs every unfinished job; returns the failed ones
+    (None when a dataset could not be made)."""
+    todo = [job for job in jobs if not finished(job, args, ledger)]
+    for base in sorted({job.base_domain for job in todo}):
+        if not dataset_path(args, base).exists():
+            say(f"collecting the dataset: {shlex.join(dataset_command(args, base))}")
+            env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
+            if subprocess.run(dataset_command(args, base), cwd=ROOT, env=env).returncode != 0:
+                sys.stderr.write(
+                    f"cpu_study.py: error: the {base} dataset collection failed (its output is above)\n"
+                )
+                return None
     say(
         f"{len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run, {args.jobs} at a time"
     )
@@ -330,22 +417,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     command = "python experiments/cpu_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     jobs = ordered_jobs(args)
-    dataset = Path(args.data_dir) / "walker" / "rnd" / "buffer" / "dataset.npz"
     if args.dry_run:
-        if not dataset.exists():
-            print(shlex.join(dataset_command(args)))
+        todo = [job for job in jobs if not reached(kept_dir(job, args) / "results.json", args.updates)]
+        for base in sorted({job.base_domain for job in todo}):
+            if not dataset_path(args, base).exists():
+                print(shlex.join(dataset_command(args, base)))
         for job in jobs:
-            print(("# done: " if finished(job, args) else "") + shlex.join(train_command(job, args)))
+            print(("# done: " if job not in todo else "") + shlex.join(train_command(job, args)))
         return 0
     start = time.perf_counter()
     ledger = Ledger(Path(args.runs) / STATE_FILE)
-    failed = [] if args.report_only else run_study(jobs, dataset, args, ledger)
+    failed = [] if args.report_only else run_study(jobs, args, ledger)
     if failed is None:
         return 1
-    # Only this study's runs at this budget (the runs root may hold others, e.g. a shorter budget).
-    done = [job for job in jobs if finished(job, args)]
-    done_dirs = {job.run_dir(Path(args.runs)).resolve() for job in done}
-    runs = [run for run in plot_results.find_runs([args.runs]) if run.path.resolve() in done_dirs]
+    # Only this study's runs at this budget, read from the kept results alone.
+    done = [job for job in jobs if finished(job, args, ledger)]
+    runs = [run for job in done for run in plot_results.find_runs([str(kept_dir(job, args))])]
     if runs:
         rows = plot_results.aggregate(runs, "final", args.reps)
         out = Path(args.report_dir)
@@ -353,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.md").write_text(plot_results.markdown(rows, "final"))
         plot_results.plot_curves(rows, out / "learning_curves.png")
         plot_results.plot_bars(rows, out / "iqm_bars.png")
-        text = summary(rows, args, done, time.perf_counter() - start, ledger, command)
+        text = summary(rows, args, done, time.perf_counter() - start, command)
         missing = [job.key() for job in jobs if job not in done]
         if missing:
             text += f"\nNot finished yet (left out above): {', '.join(missing)}.\n"

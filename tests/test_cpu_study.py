@@ -24,8 +24,9 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     make_synthetic_dataset(data, "walker", "rnd", episodes=4, episode_length=60, seed=0)
-    runs, report = tmp_path / "runs", tmp_path / "report"
+    runs, report, kept = tmp_path / "runs", tmp_path / "report", tmp_path / "kept"
     common = [
+        f"--results={kept}",
         "--preset=smoke",
         f"--data_dir={data}",
         "--episodes=4",
@@ -46,15 +47,19 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     ]
     proc = run_driver(*common)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for algorithm, memory in (("fb", "none"), ("fb_m", "mlp"), ("fb_m", "gru")):
+    for method, memory in (("fb", "none"), ("fb_stack", "mlp"), ("fb_m", "gru")):
         for domain in ("walker", "walker_flickering"):
-            results = json.loads(
-                (runs / algorithm / domain / "rnd" / memory / "seed7" / "results.json").read_text()
-            )
-            assert results["steps"] == 4 and results["seed"] == 7
+            results = json.loads((runs / method / domain / "seed7" / "results.json").read_text())
+            assert results["steps"] == 4 and results["seed"] == 7 and results["memory"] == memory
             assert [p["step"] for p in results["curve"]] == [0, 2, 4]
-    text = (report / "summary.md").read_text()
-    flickering = next(line for line in text.splitlines() if line.startswith("| flickering |"))
+            # The small outputs are kept (to be committed), with the run's wall time.
+            for name in ("results.json", "eval.csv", "train.csv", "config.yaml"):
+                assert (kept / method / domain / "seed7" / name).read_bytes() == (
+                    runs / method / domain / "seed7" / name
+                ).read_bytes()
+            assert json.loads((kept / method / domain / "seed7" / "driver.json").read_text())["seconds"] > 0
+    text = first = (report / "summary.md").read_text()
+    flickering = next(line for line in text.splitlines() if line.startswith("| walker | flickering |"))
     assert flickering.count("%") == 2 * 3  # ours and the paper's, for each of the three methods
     assert "(paper 12 %)" in flickering and "(paper 81 %)" in flickering
     assert "Runs: 6 (" in text
@@ -76,16 +81,25 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     assert (
         len(returns) == 1 and returns[0].count("[") == 4
     )  # a cell per walker task and "Not finished yet (left out above): fb_m/walker/seed8," in text
-    assert not (runs / "fb" / "walker" / "rnd" / "none" / "seed8").exists()
+    assert not (runs / "fb" / "walker" / "seed8").exists()
 
-    # A rerun skips every finished run; a larger budget continues the runs from their checkpoints.
+    # A rerun skips every finished run, and so does one on another machine that has only the kept
+    # results (the report is written from them alone).
     again = run_driver(*common)
     assert again.returncode == 0 and "6 finished already, 0 to run" in again.stdout
+    elsewhere = [a if not a.startswith("--runs=") else f"--runs={tmp_path / 'empty'}" for a in common]
+    moved = run_driver(*elsewhere, f"--report_dir={tmp_path / 'moved'}")
+    assert moved.returncode == 0 and "6 finished already, 0 to run" in moved.stdout
+    assert not (tmp_path / "empty").joinpath("fb").exists()
+    moved_text = (tmp_path / "moved" / "summary.md").read_text()
+    assert moved_text.split("Percent of")[1] == first.split("Percent of")[1]
+
+    # A larger budget continues the runs from their checkpoints.
     longer = run_driver(
         *[a for a in common if not a.startswith("--updates")], "--updates=6", "--methods", "fb"
     )
     assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
-    run_dir = runs / "fb" / "walker" / "rnd" / "none" / "seed7"
+    run_dir = runs / "fb" / "walker" / "seed7"
     assert json.loads((run_dir / "results.json").read_text())["steps"] == 6
     assert (
         "resume from " + str(run_dir / "checkpoints" / "step_000000004")
@@ -93,6 +107,7 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     )
     text = (report / "summary.md").read_text()  # this invocation's runs only (FB at 6 updates)
     assert "Runs: 2 (" in text and "| POMDP | FB |" in text and "FB-stack" not in text
+    assert json.loads((kept / "fb" / "walker" / "seed7" / "results.json").read_text())["steps"] == 6
 
 
 def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_path: Path) -> None:
