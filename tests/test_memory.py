@@ -218,3 +218,43 @@ def test_paper_defaults():
     assert torch.allclose(s4d.layers[0].log_A_real.exp(), torch.tensor(0.5))
     assert make_memory("mlp", IN, OUT, context_length=L).body[0].net[0].in_features == L * IN
     assert transformer.model_dimension == 32 and transformer.num_heads == 4 and len(transformer.blocks) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_summary_equals_step(name):
+    """The actor loss's summary-only step gives step()'s summary and the same token gradient."""
+    model = build(name, "small")
+    x = tokens(length=L + 1)
+    state = model.encode(x[:, :-1])
+    token = x[:, -1].clone().requires_grad_(True)
+    full, _ = model.step(token, state)
+    (grad_full,) = torch.autograd.grad(full.sum(), token)
+    summary = model.step_summary(token, state)
+    (grad_summary,) = torch.autograd.grad(summary.sum(), token)
+    torch.testing.assert_close(summary, full)
+    torch.testing.assert_close(grad_summary, grad_full)
+
+
+def test_transformer_last_token_window_keeps_the_dropout_stream():
+    """In training mode the window's summary reads only the last token's block output, yet draws the
+    dropout noise of the whole window: the same output and the same random numbers afterwards as
+    the block run on every token; encode's keys and values likewise."""
+    from bfm.memory.transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(16, 2, 32, dropout=0.3).double().train()
+    x = torch.randn(4, 6, 16, dtype=torch.float64)
+    torch.manual_seed(5)
+    full, keys, values = block(x)
+    after_full = torch.rand(3)
+    torch.manual_seed(5)
+    last, keys_last, values_last = block(x, last_only=True)
+    after_last = torch.rand(3)
+    torch.manual_seed(5)
+    keys_only, values_only = block.keys_values(x)
+    after_keys = torch.rand(3)
+    torch.testing.assert_close(last, full[:, -1:])
+    assert torch.equal(keys_last, keys) and torch.equal(values_last, values)
+    assert torch.equal(keys_only, keys) and torch.equal(values_only, values)
+    assert torch.equal(after_last, after_full) and torch.equal(after_keys, after_full)
+    assert not torch.equal(full, block.eval()(x)[0])  # the dropout was active

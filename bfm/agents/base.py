@@ -148,7 +148,7 @@ class AgentBase:
         with self._autocast():
             with torch.no_grad():
                 state = fmap.prefix_state(batch.obs_window[:, 1:-1], batch.prev_action_window[:, 2:])
-            features, _ = fmap.step_features(obs_next, action, state)  # [n, hidden]
+            features, _ = fmap.step_features(obs_next, action, state, need_state=False)  # [n, hidden]
             F = fmap.heads_from_features(features, obs_next, z).float()  # [2, n, d]
         return (F * z[None]).sum(-1).min(dim=0).values  # [n]
 

@@ -167,12 +167,16 @@ class HistoryNetwork(nn.Module):
         return self.history_encoder.encode(torch.cat([obs, action], dim=-1))
 
     def step_features(
-        self, obs: torch.Tensor, action: torch.Tensor, state: State | None
+        self, obs: torch.Tensor, action: torch.Tensor, state: State | None, need_state: bool = True
     ) -> tuple[torch.Tensor, State | None]:
-        """Feeds the token (obs [N, o], action [N, a]) after ``state``; returns (features [N, hidden], state)."""
+        """Feeds the token (obs [N, o], action [N, a]) after ``state``; returns (features [N, hidden],
+        the new state, or None when not ``need_state``: the memory may then skip computing it)."""
         if not self.recurrent:
             return self.history_encoder(self._memoryless_input(obs, action)), state  # [N, hidden]
-        return self.history_encoder.step(torch.cat([obs, action], dim=-1), state)
+        token = torch.cat([obs, action], dim=-1)
+        if not need_state:
+            return self.history_encoder.step_summary(token, state), None
+        return self.history_encoder.step(token, state)
 
     def joint_features(self, features: torch.Tensor, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The head input [N, 2 hidden]: history features [N, hidden] ++ preprocessor(o_t [N, o] ++ z [N, d])."""

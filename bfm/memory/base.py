@@ -112,6 +112,11 @@ class MemoryModel(nn.Module):
         """
         raise NotImplementedError
 
+    def step_summary(self, token: torch.Tensor, state: State) -> torch.Tensor:
+        """The summary [B, out] of ``step(token, state)`` when the new state is not wanted (the
+        actor loss); a model may skip computing the state."""
+        return self.step(token, state)[0]
+
     def encode(self, tokens: torch.Tensor) -> State:
         """The state after feeding ``tokens`` [B, L, in] (L may be 0), computed in window mode."""
         raise NotImplementedError

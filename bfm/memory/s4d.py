@@ -134,6 +134,19 @@ class S4DLayer(nn.Module):
         w_re, w_im = w_re.flip(-1), w_im.flip(-1)  # index s holds power L-1-s
         return torch.einsum("bsh,hns->bhn", u, w_re), torch.einsum("bsh,hns->bhn", u, w_im)
 
+    def step_output(self, u: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor) -> torch.Tensor:
+        """The pre-nonlinearity output y [B, H] of one step from state [B, H, N/2] on u [B, H].
+
+        y = 2 Re sum_n C_n (Abar_n x_n + Bbar_n u) + D u, computed as
+        2 Re sum_n (C Abar)_n x_n + (K_0 + D) u with K_0 = 2 Re sum_n C_n Bbar_n: one contraction of
+        the state, and a gradient with respect to u that is the [B, H] product (K_0 + D) dy.
+        """
+        abar_re, abar_im, bbar_re, bbar_im = self.discretise()  # [H, N/2]
+        c_re, c_im = self.C[..., 0], self.C[..., 1]  # [H, N/2]
+        ca_re, ca_im = c_re * abar_re - c_im * abar_im, c_re * abar_im + c_im * abar_re  # C Abar
+        k0 = 2 * (c_re * bbar_re - c_im * bbar_im).sum(-1)  # [H]
+        return 2 * (ca_re * x_re - ca_im * x_im).sum(-1) + (k0 + self.D) * u  # [B, H]
+
     def recurrence(
         self, u: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,6 +246,16 @@ class S4DMemory(MemoryModel):
                 new_re.append(re)
                 new_im.append(im)
         return self.head(u), (torch.stack(new_re, 1), torch.stack(new_im, 1))
+
+    def step_summary(self, token: torch.Tensor, state: State) -> torch.Tensor:
+        """``step(token, state)[0]`` without the new state (see ``S4DLayer.step_output``)."""
+        self._check_tokens(token, 2)
+        x_re, x_im = state
+        u = self._features(token)  # [B, H]
+        with torch.autocast(u.device.type, enabled=False):
+            for i, layer in enumerate(self.layers):
+                u = layer.activate(layer.step_output(u, x_re[:, i], x_im[:, i]))  # [B, H]
+        return self.head(u)
 
     def encode(self, tokens: torch.Tensor) -> State:
         """The states after tokens [B, L, in] (zeros for L = 0), in closed form per layer."""

@@ -54,16 +54,25 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Runs the block on a window, or on one new token after cached keys and values.
 
         Args:
             x: [B, M, d]; a whole window (causal) when ``past`` is None, else one token (M = 1).
             past: cached (keys, values) [B, heads, P, d/heads] of the P earlier tokens.
+            last_only: compute the output of the window's last token only (keys and values of
+                every token): what the last block needs when the summary reads the last token.
+                The attention output, feed-forward and their dropout then run on one token of M
+                (the same numbers as the window's last row; the dropout draws as many random
+                numbers as on the whole window, so the random stream stays the same).
 
         Returns:
-            (output [B, M, d], keys and values [B, heads, P + M, d/heads] including the new ones).
+            (output [B, M, d] ([B, 1, d] with ``last_only``), keys and values [B, heads, P + M,
+            d/heads] including the new ones).
         """
         batch, length, dim = x.shape
         qkv = self.qkv(self.norm_attention(x))  # [B, M, 3d]
@@ -72,14 +81,39 @@ class Block(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, heads, P+M, dh]
             v = torch.cat([past[1], v], dim=2)
+        causal = past is None
+        if last_only:  # the last query attends to every key: no mask
+            q, x, causal = q[:, :, -1:], x[:, -1:], False  # [B, heads, 1, dh], [B, 1, d]
         if self.vmap_friendly:  # the CPU attention kernel has no vmap batching rule
-            attended = _attention(q, k, v, causal=past is None)  # [B, heads, M, dh]
+            attended = _attention(q, k, v, causal=causal)  # [B, heads, M', dh]
         else:
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)  # [B, heads, M, dh]
-        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # [B, M, d]
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, heads, M', dh]
+        attended = attended.transpose(1, 2).reshape(batch, q.shape[2], dim)  # [B, M', d]
         x = x + self.norm_attention_out(self.attention_out(attended))
-        x = x + self.ffn(self.norm_ffn(x))  # [B, M, d]
+        if last_only:
+            x = x + dropout_last(self.ffn[:-1](self.norm_ffn(x)), (batch, length, dim), self.ffn[-1])
+        else:
+            x = x + self.ffn(self.norm_ffn(x))  # [B, M, d]
         return x, k, v
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, heads, M, d/heads] of a window x [B, M, d] without the block's output
+        (a prefix's cache), drawing the random numbers the output's dropout would draw."""
+        batch, length, dim = x.shape
+        qkv = self.qkv(self.norm_attention(x))  # [B, M, 3d]
+        qkv = qkv.view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        dropout_last(x[:, :0], (batch, length, dim), self.ffn[-1])
+        return qkv[1], qkv[2]
+
+
+def dropout_last(x_last: torch.Tensor, shape: tuple[int, ...], dropout: nn.Dropout) -> torch.Tensor:
+    """``dropout(x)[:, -M:]`` for a window x of ``shape`` whose last M tokens are ``x_last`` [B, M, d]:
+    the noise is drawn for the whole window (the same random numbers, in the same order, as
+    dropout of the window) and its last M tokens applied."""
+    if not dropout.training or dropout.p == 0:
+        return x_last
+    noise = F.dropout(x_last.new_ones(shape), dropout.p, True)  # [B, L, d]: mask / (1 - p)
+    return x_last * noise[:, shape[1] - x_last.shape[1] :]
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -158,22 +192,33 @@ class TransformerMemory(MemoryModel):
         x = x + sinusoidal_positions(start, tokens.shape[1], self.model_dimension, x.device, x.dtype)
         return self.embed_dropout(x)
 
-    def _window(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Runs a window; returns (final features [B, L, d], per-layer keys, per-layer values)."""
+    def _window(
+        self, tokens: torch.Tensor, output: str = "all"
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
+        """Runs a window; returns (final features, per-layer keys, per-layer values).
+
+        ``output`` says what of the last block's output is needed: "all" ([B, L, d]), "last"
+        (the last token's, [B, 1, d]) or "none" (None: only the keys and values are wanted).
+        """
         x = self._embed(tokens, 0)  # [B, L, d]
         keys, values = [], []
-        for block in self.blocks:
-            x, k, v = block(x)  # x [B, L, d]; k, v [B, heads, L, dh]
-            keys.append(k)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            if last and output == "none":
+                k, v = block.keys_values(x)
+            else:
+                x, k, v = block(x, last_only=last and output == "last")  # x [B, L or 1, d]
+            keys.append(k)  # [B, heads, L, dh]
             values.append(v)
-        return self.final_norm(x), keys, values
+        return (None if output == "none" else self.final_norm(x)), keys, values
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Summarises tokens [B, L, in] into [B, out]."""
         self._check_tokens(tokens, 3)
-        x, _, _ = self._window(tokens)  # [B, L, d]
         if self.pooling == "last":
+            x, _, _ = self._window(tokens, "last")  # [B, 1, d]
             return self.head(x[:, -1])  # [B, out]
+        x, _, _ = self._window(tokens)  # [B, L, d]
         return self.head(x).mean(dim=1)  # [B, out]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -207,9 +252,10 @@ class TransformerMemory(MemoryModel):
         self._check_tokens(tokens, 3)
         if tokens.shape[1] == 0:
             return self.initial_state(tokens.shape[0], tokens.device)
-        x, keys, values = self._window(tokens)
         if self.pooling == "mean":
+            x, keys, values = self._window(tokens)
             pooled = self.head(x).sum(dim=1)  # [B, out]
-        else:
-            pooled = x.new_zeros(x.shape[0], self.output_dim)
+        else:  # the summary of the prefix is not part of the state
+            _, keys, values = self._window(tokens, "none")
+            pooled = tokens.new_zeros(tokens.shape[0], self.output_dim)
         return torch.stack(keys, 1), torch.stack(values, 1), pooled
