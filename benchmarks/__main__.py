@@ -14,10 +14,13 @@ Measures on the current machine and writes ``benchmarks/results/<timestamp>.json
    logging) of fb_m GRU;
 4. evaluation throughput (env steps/s with the policy, sliding and carry mode) and the share of a
    paper-cadence run (eval every 20k updates, 10 rollouts x tasks x 1000 steps) spent evaluating;
-5. relabelling rows/s (walker, every task).
+5. relabelling rows/s (walker, every task);
+6. side by side at the ``cpu`` preset (``experiment=cpu``'s sizes), one torch thread: time per
+   update of every (algorithm, memory) pairing as a ratio to memory-free fb, measured alternately
+   in one process, with GFLOP and profiler events (operator calls) per update.
 
 Flags select subsets: ``--presets``, ``--algos``, ``--memories``, ``--modes``, ``--paper-modes``,
-``--skip eval relabel split``. Timings are best-of a few calls (the least disturbed on a shared
+``--skip eval relabel split side``, ``--side-preset``. Timings are best-of a few calls (the least disturbed on a shared
 machine); the load average is recorded.
 """
 
@@ -33,7 +36,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import OFFICIAL_GFLOP, PRESETS, SIDE_BY_SIDE, machine_info, matmul_gflops
-from benchmarks.update_speed import MODES, build, count_gflop, synthetic_batch, time_split, time_updates
+from benchmarks.update_speed import (
+    MODES,
+    SIDE_BY_SIDE_HEADER,
+    build,
+    count_gflop,
+    side_by_side,
+    side_by_side_line,
+    synthetic_batch,
+    time_split,
+    time_updates,
+)
 from bfm.agents import AGENTS
 from bfm.memory import REGISTRY
 
@@ -57,13 +70,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="algo:memory pairs also measured compiled at the paper config")  # fmt: skip
     parser.add_argument("--steps-small", type=int, default=15, help="timed updates per small entry")
     parser.add_argument("--steps-paper", type=int, default=2, help="timed updates per paper entry")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["eval", "relabel", "split", "flops"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["eval", "relabel", "split", "flops", "side"]
+    )
+    parser.add_argument(
+        "--side-preset", choices=list(PRESETS), default="cpu", help="preset of the side-by-side table"
+    )
+    parser.add_argument(
+        "--side-rounds", type=int, default=8, help="alternating rounds of the side-by-side table"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.presets, args.modes, args.steps_small = ["small"], ["eager", "bf16"], 10
+        args.presets, args.modes, args.steps_small, args.side_rounds = ["small"], ["eager", "bf16"], 10, 2
         args.skip = sorted(set(args.skip) | {"relabel"})
     return args
 
@@ -172,6 +193,15 @@ def markdown(report: dict[str, Any]) -> str:
     if "relabel" in report:
         r = report["relabel"]
         lines += ["", f"Relabelling ({r['domain']}, {r['tasks']} tasks): {r['rows_per_s']:.0f} rows/s."]
+    if "side" in report:
+        lines += [
+            "",
+            "Side by side, one torch thread, eager, time per update as a ratio to memory-free fb "
+            "(alternating rounds, best of each):",
+            "",
+            SIDE_BY_SIDE_HEADER,
+            *(side_by_side_line(r) for r in report["side"]),
+        ]
     return "\n".join(lines)
 
 
@@ -233,9 +263,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rows_per_s": len(states) / (time.perf_counter() - t0),
         }
 
+    if "side" not in args.skip:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        report["side"] = side_by_side(PRESETS[args.side_preset], args.device, rounds=args.side_rounds)
+        torch.set_num_threads(threads)
+
     report["seconds"] = time.perf_counter() - start
     text = markdown(report)
-    print("\n" + text.split("\n\n", 2)[-1] if "split" in report or "eval" in report else "", flush=True)
+    rest = any(k in report for k in ("split", "eval", "relabel", "side"))
+    print("\n" + text.split("\n\n", 2)[-1] if rest else "", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
     (args.out / f"{stamp}.json").write_text(json.dumps(report, indent=2, default=str))

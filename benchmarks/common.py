@@ -107,6 +107,8 @@ PRESETS = {
     "paper": Preset("paper", 512, 32, 8, None),
     # The CPU preset of README "Learning on a CPU".
     "cpu": CpuPreset("cpu", 256, 8, 4, None),
+    # Seconds-long runs of every benchmark (the test suite's check that each one runs).
+    "tiny": Preset("tiny", 8, 4, 2, 16),
 }
 
 

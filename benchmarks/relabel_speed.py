@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 
 import numpy as np
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True, stream=sys.stdout)
     for domain in args.domains:
         states = random_states(domain, args.rows)
         start = time.perf_counter()

@@ -1,7 +1,13 @@
 """Training-update speed: updates/s, FLOPs per update, fraction of the matmul limit, step time split.
 
-    .venv/bin/python -m benchmarks.update_speed [--preset small|paper] [--algos fb fb_m hilp_m]
+    .venv/bin/python -m benchmarks.update_speed [--preset small|paper|cpu|tiny] [--algos fb fb_m hilp_m]
         [--memories gru transformer s4d mlp] [--modes eager compiled bf16 bf16+compiled] [--steps 5]
+    .venv/bin/python -m benchmarks.update_speed --side_by_side --preset cpu --threads 1
+
+``--side_by_side`` times every (algorithm, memory) pairing in one process, alternating between
+them round by round (each pairing's best round), and prints each one's time per update as a
+ratio to memory-free ``fb``, its GFLOP and its profiler event count per update (operator calls:
+on a GPU each is a kernel launch, on a CPU each costs dispatch overhead).
 
 Walker dimensions (obs 24, goal 24, action 6), synthetic batches on the training device. An
 "update" is one ``agent.update(batch)`` call (z sampling, representation step(s), actor step,
@@ -13,6 +19,7 @@ not counted, as for the official code's numbers in ``benchmarks.common.OFFICIAL_
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -82,6 +89,79 @@ def time_updates(
     out = summarise(time_calls(lambda: agent.update(batch), steps, device, warmup=max(0, warmup - 1)))
     out["warmup_s"] = first
     return out
+
+
+def count_events(agent: Any, batch: Batch) -> int:
+    """Operator calls of one update: the events torch's profiler records on the CPU side."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        agent.update(batch)
+    return len(prof.events())
+
+
+SIDE_BY_SIDE_PAIRS = [
+    ("fb", "none"),
+    ("fb_m", "mlp"),
+    ("fb_m", "gru"),
+    ("fb_m", "s4d"),
+    ("fb_m", "transformer"),
+    ("hilp", "none"),
+    ("hilp_m", "gru"),
+]
+
+
+def side_by_side(
+    preset: Preset,
+    device: torch.device | str,
+    pairs: list[tuple[str, str]] | None = None,
+    rounds: int = 8,
+    calls: int = 4,
+) -> list[dict[str, Any]]:
+    """Seconds per update of each (algo, memory) pairing, eager, measured in alternating rounds of
+    ``calls`` updates (each pairing's best round: the least disturbed), with the ratio to the
+    first pairing (memory-free fb), GFLOP and profiler events per update."""
+    pairs = pairs or SIDE_BY_SIDE_PAIRS
+    batch = synthetic_batch(preset, device)
+    agents = {p: build(p[0], p[1] if p[1] != "none" else "gru", preset, "eager", device) for p in pairs}
+    for agent in agents.values():  # warm-up: allocator, first-call dispatch
+        for _ in range(2):
+            agent.update(batch)
+    best = dict.fromkeys(pairs, math.inf)
+    for _ in range(rounds):
+        for pair, agent in agents.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                agent.update(batch)
+            sync(device)
+            best[pair] = min(best[pair], (time.perf_counter() - start) / calls)
+    base = best[pairs[0]]
+    return [
+        {
+            "preset": preset.name,
+            "algo": algo,
+            "memory": memory,
+            "s_per_update": best[(algo, memory)],
+            "ratio": best[(algo, memory)] / base,
+            "gflop": count_gflop(agents[(algo, memory)], batch),
+            "events": count_events(agents[(algo, memory)], batch),
+        }
+        for algo, memory in pairs
+    ]
+
+
+SIDE_BY_SIDE_HEADER = (
+    "| preset | algo | memory | ms/update (best) | vs fb | GFLOP/update | events/update |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def side_by_side_line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['preset']} | {r['algo']} | {r['memory']} | {1e3 * r['s_per_update']:.1f} | "
+        f"{r['ratio']:.2f}x | {r['gflop']:.2f} | {r['events']} |"
+    )
 
 
 class _PhaseClock:
@@ -179,9 +259,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--flops", action="store_true", help="also count GFLOP per update")
+    parser.add_argument(
+        "--side_by_side", action="store_true", help="ratios to fb of every pairing, alternating (eager)"
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds of --side_by_side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
+    if args.side_by_side:
+        print(SIDE_BY_SIDE_HEADER)
+        for row in side_by_side(preset, args.device, rounds=args.rounds, calls=args.steps):
+            print(side_by_side_line(row), flush=True)
+        return
     batch = synthetic_batch(preset, args.device)
     print("| algo | memory | mode | s/update (best) | median | updates/s | first call (s) | GFLOP |")
     print("|---|---|---|---|---|---|---|---|")
