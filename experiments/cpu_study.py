@@ -242,7 +242,7 @@ def keep(job: Job, args: argparse.Namespace, seconds: float | None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "cpu": cpu_model(),
         "jobs_at_a_time": args.jobs,
-        "command": shlex.join(train_command(job, args)[1:]),
+        "command": "python " + shlex.join(train_command(job, args)[1:]).replace(f"{ROOT}/", ""),
     }
     (target / "driver.json").write_text(json.dumps(info, indent=1) + "\n")
     for name in SMALL_OUTPUTS:
