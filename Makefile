@@ -16,10 +16,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --numprocesses=auto --maxprocesses=4
 
 test-all: install
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m '' --numprocesses=auto --maxprocesses=4
 
 lint: install
 	$(PY) -m ruff check .

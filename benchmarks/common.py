@@ -1,5 +1,5 @@
 """Shared benchmark helpers: timing on a shared machine, device sync, the machine's matmul limit,
-the official code's numbers (README, "Performance") and the presets measured.
+the official code's numbers (docs/performance.md) and the presets measured.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ OFFICIAL_GFLOP = {
     ("small", "fb_m", "gru"): 2.38,
 }
 # Speed against the official code is only measured side by side: both codes alternating in one run
-# on one machine, equal widths and parameter counts (README, "Performance"). Seconds per update
+# on one machine, equal widths and parameter counts (docs/performance.md). Seconds per update
 # (official, this project) of the run of 2026-12-01 on a 2-core AMD EPYC, 2 threads; the suite
 # prints them for reference and never divides its own timings by them.
 SIDE_BY_SIDE = {

@@ -6,7 +6,7 @@ Columns: window forward+backward (training), the same under bf16 autocast, encod
 L-1 prefix without gradients + step of the last token with gradients (the actor-loss saving),
 the forward FLOPs counted by torch's FlopCounterMode (matmuls, the GRU's included; not the
 elementwise work), and the fp32 rate they imply if the backward pass costs twice the forward
-(the machine's fp32 matmul limit is about 170 GFLOP/s, README "Performance").
+(the machine's fp32 matmul limit is about 170 GFLOP/s, docs/performance.md).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class RepresentationConfig:
         grad_clamp: element-wise gradient clamp [-c, c] before every Adam step (1.0; None: off).
         inference_chunk: windows per forward pass in task inference (10,000 bounds memory).
         compile: ``torch.compile`` the loss computations of ``update`` (off by default; on a 2-core
-            CPU it is slower than eager at every size measured, see README "Performance").
+            CPU it is slower than eager at every size measured, see docs/performance.md).
         compile_mode: ``torch.compile`` mode when ``compile``: None (inductor default),
             "reduce-overhead" (CUDA graphs on a GPU: removes kernel-launch overhead of small
             configs), "max-autotune".

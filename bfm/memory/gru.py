@@ -30,7 +30,7 @@ class GRUMemory(MemoryModel):
         zero_state_min_hidden: from this hidden size on, a window starting from the empty state
             runs its first step without the W_hh h_0 = 0 product (same result, 2 B hidden 3 hidden
             fewer FLOPs forward and backward). Below it the extra small kernels cost more than the
-            product saves (README, "Performance").
+            product saves (docs/performance.md).
     """
 
     zero_state_min_hidden: int = 256
