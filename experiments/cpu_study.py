@@ -153,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reps", type=int, default=2000, help="bootstrap replications of the report (default 2000)"
     )
+    p.add_argument(
+        "--final_eval",
+        action="store_true",
+        help="evaluate each finished run's last checkpoint again: with the paper's protocol (10,000 "
+        "labelled windows, 10 episodes per task) and with --spread other evaluation seeds at the run's "
+        "own protocol; kept as final_eval.json and reported (needs the run's checkpoints on this machine)",
+    )
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=5,
+        help="evaluation seeds of --final_eval's noise measurement (default 5)",
+    )
     p.add_argument("--dry_run", action="store_true", help="print the commands and exit")
     p.add_argument(
         "--report_only",
@@ -247,6 +260,94 @@ def keep(job: Job, args: argparse.Namespace, seconds: float | None) -> None:
     (target / "driver.json").write_text(json.dumps(info, indent=1) + "\n")
     for name in SMALL_OUTPUTS:
         shutil.copy2(source / name, target / name)
+
+
+FINAL_EVAL = "final_eval.json"
+PAPER_PROTOCOL = ("--z_inference_steps", "10000", "--rollouts", "10")  # the paper's evaluation
+
+
+def final_eval_commands(job: Job, args: argparse.Namespace) -> dict[str, list[str]]:
+    """evaluate.py commands of ``--final_eval``: the paper's protocol and ``--spread`` other seeds."""
+    base = [sys.executable, str(ROOT / "evaluate.py"), str(job.run_dir(Path(args.runs)))]
+    commands = {"paper_protocol": [*base, *PAPER_PROTOCOL, "--name", "final_paper_protocol"]}
+    for i in range(args.spread):
+        seed = 1000 + i  # evaluation seeds no run trains with
+        commands[f"seed{seed}"] = [*base, "--seed", str(seed), "--name", f"final_seed{seed}"]
+    return commands
+
+
+def final_eval(job: Job, args: argparse.Namespace) -> bool:
+    """Runs ``final_eval_commands`` for a finished run (unless its kept folder has them) and keeps
+    the per-task IQMs in ``final_eval.json``; False when a command failed."""
+    target = kept_dir(job, args) / FINAL_EVAL
+    if target.exists():
+        return True
+    run_dir = job.run_dir(Path(args.runs))
+    if not (run_dir / "checkpoints").is_dir():
+        say(f"no checkpoints of {job.key()} on this machine: final evaluation skipped")
+        return True
+    env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
+    scores = {}
+    for name, cmd in final_eval_commands(job, args).items():
+        with (run_dir / "driver.log").open("a") as log:
+            if subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=log).returncode != 0:
+                say(f"FAILED final evaluation {name} of {job.key()} (see {run_dir / 'driver.log'})")
+                return False
+        results = json.loads((run_dir / "evaluations" / cmd[-1] / "results.json").read_text())
+        scores[name] = {"iqm": results["iqm"], "z_inference_steps": results["z_inference_steps"],
+                        "rollouts": results["rollouts"], "seed": results["seed"], "step": results["step"]}  # fmt: skip
+    target.write_text(json.dumps(scores, indent=1) + "\n")
+    say(f"final evaluation of {job.key()} kept")
+    return True
+
+
+def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
+    """The evaluation-noise table from the kept final_eval.json files (empty when there are none)."""
+    rows = []
+    for method in sorted({j.method for j in done}, key=lambda m: method_order(_paper_name(m))):
+        for domain in [d for d in DOMAINS if any(j.domain == d for j in done)]:
+            jobs = [j for j in done if (j.method, j.domain) == (method, domain)]
+            evals = [(j, kept_dir(j, args) / FINAL_EVAL) for j in jobs]
+            evals = [(j, json.loads(f.read_text())) for j, f in evals if f.exists()]
+            if not evals:
+                continue
+            spreads, paper, logged = [], [], []
+            for j, e in evals:
+                seeds = [_mean_iqm(v["iqm"]) for k, v in e.items() if k.startswith("seed")]
+                spreads.append(max(seeds) - min(seeds))
+                paper.append(_mean_iqm(e["paper_protocol"]["iqm"]))
+                results = json.loads((kept_dir(j, args) / "results.json").read_text())
+                logged.append(_mean_iqm(results["final"]["iqm"]))
+            rows.append(
+                f"| {_paper_name(method)} | {domain} | {len(evals)} | "
+                f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(f'{v:.0f}' for v in spreads)} | "
+                f"{max(logged) - min(logged):.0f} | {' / '.join(f'{v:.0f}' for v in paper)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Evaluation noise of the final step (mean over tasks of the per-task IQM; `--final_eval`): the "
+        "training run's own evaluation per seed; the range of the same weights' score over "
+        f"{args.spread} other evaluation seeds (new labelled windows and episodes); the range between "
+        "training seeds; the same weights under the paper's protocol (10,000 windows, 10 episodes).",
+        "",
+        "| method | domain | runs | final score per seed | range over evaluation seeds, per run | "
+        "range between training seeds | paper protocol per seed |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _mean_iqm(iqm: dict[str, dict[str, float]]) -> float:
+    return sum(v for per_m in iqm.values() for v in per_m.values()) / sum(len(v) for v in iqm.values())
+
+
+def _paper_name(method: str) -> str:
+    spec = METHODS[method]
+    label = "none" if spec.memory is None else spec.memory
+    if any(o.startswith("agent.recurrent_B=false") for o in spec.overrides):
+        label += "-F"
+    return plot_results.method_name(spec.algorithm, label)
 
 
 def cpu_model() -> str:
@@ -379,6 +480,9 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
         label = variant or "fully observed (return, 0-1000)"
         lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
     lines += ["", *absolute_returns(rows, args.reps)]
+    noise = noise_lines(done, args)
+    if noise:
+        lines += ["", *noise]
     lines += [
         "",
         "Per-task tables in percent: `report.md`; figures: `learning_curves.png`, `iqm_bars.png`.",
@@ -424,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(shlex.join(dataset_command(args, base)))
         for job in jobs:
             print(("# done: " if job not in todo else "") + shlex.join(train_command(job, args)))
+            if args.final_eval and not (kept_dir(job, args) / FINAL_EVAL).exists():
+                for cmd in final_eval_commands(job, args).values():
+                    print(shlex.join(cmd))
         return 0
     start = time.perf_counter()
     ledger = Ledger(Path(args.runs) / STATE_FILE)
@@ -432,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Only this study's runs at this budget, read from the kept results alone.
     done = [job for job in jobs if finished(job, args, ledger)]
+    if args.final_eval and not args.report_only:
+        failed += [f"{job.key()} (final evaluation)" for job in done if not final_eval(job, args)]
     runs = [run for job in done for run in plot_results.find_runs([str(kept_dir(job, args))])]
     if runs:
         rows = plot_results.aggregate(runs, "final", args.reps)

@@ -94,6 +94,21 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     moved_text = (tmp_path / "moved" / "summary.md").read_text()
     assert moved_text.split("Percent of")[1] == first.split("Percent of")[1]
 
+    # --final_eval scores the last checkpoint again (the paper's protocol and other evaluation
+    # seeds), keeps the scores and reports the spread.
+    noise = run_driver(*common, "--methods", "fb", "--domains", "walker", "--final_eval", "--spread", "2")
+    assert noise.returncode == 0, noise.stdout[-3000:] + noise.stderr[-3000:]
+    kept_eval = json.loads((kept / "fb" / "walker" / "seed7" / "final_eval.json").read_text())
+    assert sorted(kept_eval) == ["paper_protocol", "seed1000", "seed1001"]
+    assert kept_eval["paper_protocol"]["rollouts"] == 10 and kept_eval["paper_protocol"]["step"] == 4
+    assert kept_eval["paper_protocol"]["z_inference_steps"] == 10000
+    noise_rows = [
+        line
+        for line in (report / "summary.md").read_text().splitlines()
+        if line.startswith("| FB | walker | 1 |")
+    ]
+    assert len(noise_rows) == 1, (report / "summary.md").read_text()
+
     # A larger budget continues the runs from their checkpoints.
     longer = run_driver(
         *[a for a in common if not a.startswith("--updates")], "--updates=6", "--methods", "fb"
