@@ -234,3 +234,44 @@ def test_progress_in_a_log_is_plain_lines(data_dir: Path, tmp_path: Path) -> Non
     assert "\r" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if " upd (" in line]
     assert len(lines) == 1 and lines[0].startswith("fb walker none: 6/6 upd (100 %), "), proc.stderr[-2000:]
+
+
+def test_one_run_per_directory(data_dir: Path, tmp_path: Path) -> None:
+    """A second process on a run directory in use is refused at once (exit 2, one line naming the
+    holder); the lock of a killed run is taken over with a warning and the run continues."""
+    run = tmp_path / "run"
+    args = [
+        *_resume_args(data_dir, run)[:-3],
+        "--learning_steps=4000",
+        "--eval_frequency=20",
+        "train.log_interval=5",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "main_exorl.py"), *args],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "latest").exists() and time.monotonic() < deadline:
+            assert first.poll() is None, "the first run ended early"
+            time.sleep(0.05)
+        second = run_cli(*args, check=False)
+        assert first.poll() is None, "the first run finished before the second started"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("main_exorl.py: error: run directory "), second.stderr
+    assert f"is in use by pid {first.pid} on host " in lines[0] and "choose another directory" in lines[0]
+    assert json.loads((run / ".lock.json").read_text())["pid"] == first.pid  # left by the killed run
+
+    third = run_cli(*args[:-3], "--learning_steps=40", "--eval_frequency=20", "train.log_interval=5")
+    assert (
+        f"taking over the lock of pid {first.pid} on host "
+        in third.stderr + (run / "main_exorl.log").read_text()
+    )
+    assert results_of(run)["steps"] >= 40 and not (run / ".lock.json").exists()  # resumed, finished, released

@@ -423,3 +423,44 @@ def test_a_killed_writers_temporary_file_is_removed(tmp_path):
     live.write_bytes(b"")
     write_dataset(folder / "dataset.npz", {"x": np.zeros(3, np.float32)}, {})
     assert not stale.exists() and live.exists() and (folder / "dataset.npz").is_file()
+
+
+def test_success_says_what_it_did(tmp_path):
+    """A successful run prints its coverage table and ready line (dm_control's import configures
+    logging first; the programs replace its handler)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(root / "exorl_reformatter.py"), "walker_random", "--collect", "--collect_steps",
+         "1000", "--data_dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "coverage of " in proc.stderr and "torso height (m)" in proc.stderr
+    assert proc.stderr.rstrip().endswith(f"walker_random ready: {tmp_path}/walker/random/buffer/dataset.npz")
+
+
+def test_a_dataset_folder_in_use_is_refused(tmp_path, capsys):
+    from bfm.training.run_dir import locked
+
+    folder = buffer_dir(tmp_path, "walker", "random")
+    with locked(folder, "dataset folder"):
+        code = exorl_reformatter.main(
+            ["walker_random", "--collect", "--collect_steps", "1000", "--data_dir", str(tmp_path)]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"exorl_reformatter.py: error: dataset folder {folder} is in use by pid {os.getpid()}"
+    )
+    assert not list(folder.glob("episode_*"))  # nothing collected
+    assert (
+        exorl_reformatter.main(
+            ["walker_random", "--collect", "--collect_steps", "1000", "--data_dir", str(tmp_path)]
+        )
+        == 0
+    )

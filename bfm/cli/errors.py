@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -39,6 +40,25 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def setup_logging(fmt: str) -> None:
+    """INFO-level log lines in ``fmt`` on stderr.
+
+    Importing dm_control calls ``logging.basicConfig()``, which leaves the root logger at WARNING
+    with a default handler, so a plain ``basicConfig`` afterwards does nothing and every INFO line
+    (the reformatter's "ready" line and coverage table) is dropped. That default handler is
+    replaced; handlers someone else installed (pytest's) are kept.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (
+            type(handler) is logging.StreamHandler
+            and getattr(handler.formatter, "_fmt", None) == logging.BASIC_FORMAT
+        ):
+            root.removeHandler(handler)
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format=fmt)
 
 
 def fail(prog: str, message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    errors.setup_logging("%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if args.features:
         print(features_table(args.features))

@@ -46,7 +46,7 @@ from bfm.data.reformat import DOWNLOAD_FILE, reformat
 from bfm.envs import DOMAINS
 from bfm.training.builders import resolve_device
 from bfm.training.config import ConfigError
-from bfm.training.run_dir import nearest_existing, writable_folder
+from bfm.training.run_dir import locked, nearest_existing, writable_folder
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
@@ -156,8 +156,14 @@ def explorer_config(args: argparse.Namespace):
 
 
 def process(domain: str, algo: str, args: argparse.Namespace) -> Path:
-    """Make ``dataset.npz`` of one pair: collect or download if needed, then reformat."""
+    """Make ``dataset.npz`` of one pair: collect or download if needed, then reformat; one process
+    at a time per dataset folder (a second is refused, naming the first)."""
     folder = buffer_dir(args.data_dir, domain, algo, args.multiplier)
+    with locked(folder, "dataset folder"):
+        return _process(domain, algo, args, folder)
+
+
+def _process(domain: str, algo: str, args: argparse.Namespace, folder: Path) -> Path:
     out = dataset_path(args.data_dir, domain, algo, args.multiplier)
     source: dict | None = None
     if args.collect:
@@ -231,7 +237,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 when any pair failed, after trying every pair)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.setup_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "OpenGL"):  # MuJoCo / OpenGL backend chatter at import
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

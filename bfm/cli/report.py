@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reps", type=errors.int_at_least(1), default=2000, help="bootstrap replications (>= 1)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    errors.setup_logging("%(message)s")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         errors.fail(PROG, f"--out {out} is a file; name a folder (it is created if missing)")

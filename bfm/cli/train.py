@@ -18,6 +18,7 @@ about 3 s (the choices and help texts come from the registries and the config cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -398,6 +399,13 @@ def main(cfg: RunConfig | list[RunConfig]) -> list[dict[str, Any]]:
     """One training run (one config, or one per seed of a ``seeds=K`` run): environment, buffer,
     agent, logger and evaluator of each seed, then the loop. Returns each seed's results."""
     cfgs = cfg if isinstance(cfg, list) else [cfg]
+    with contextlib.ExitStack() as locks:  # one run per directory: a second process is refused
+        for c in cfgs:
+            locks.enter_context(run_dir.locked(Path(c.run_dir)))
+        return _run(cfgs)
+
+
+def _run(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
     first = cfgs[0]
     points = [resume_point(Path(c.run_dir)) for c in cfgs]  # checks every checkpoint's files once
     resume_from = run_dir.common_resume(cfgs, points)

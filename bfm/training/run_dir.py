@@ -9,6 +9,7 @@ Layout of ``<run_dir>`` (default ``runs/<algorithm>/<domain>/<dataset>/<memory>/
     checkpoints/       step_<step>/ (agent + trainer.pt) and ``latest``
     main_exorl.log     log messages (hydra's job log)
     .hydra/            hydra's own record of the composed config and overrides
+    .lock, .lock.json  held while a run uses the directory (``locked``): the lock and its holder
 
 Rerunning a command into an existing run directory continues from its last checkpoint; the
 saved config must then match the new one except for the keys in ``config.RESUMABLE_KEYS``.
@@ -16,10 +17,18 @@ saved config must then match the new one except for the keys in ``config.RESUMAB
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import yaml
 
 from bfm.training.checkpoint import ResumePoint, checkpoint_problem, resume_point, set_aside_damaged
@@ -27,6 +36,57 @@ from bfm.training.config import ConfigError, RunConfig, incompatible_keys, run_c
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
+LOCK_FILE, HOLDER_FILE = ".lock", ".lock.json"
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def locked(directory: Path, what: str = "run directory") -> Iterator[None]:
+    """Holds ``directory``'s lock (created with the directory if needed) for the duration.
+
+    The lock is an OS file lock (``filelock.FileLock``: ``flock`` on Linux and macOS), which the
+    operating system releases when its process ends, however it ends; ``.lock.json`` beside it
+    names the holder (pid, host, start time, command). A second process is refused at once with a
+    ConfigError naming the holder. A holder file left by a process that ended without removing it
+    (killed) is taken over with a warning. On a shared cluster file system the lock holds between
+    machines only where the file system supports file locks (NFSv4, Lustre and GPFS do when mounted
+    with locking; plain NFSv3 without lockd does not).
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    holder_path = directory / HOLDER_FILE
+    lock = filelock.FileLock(str(directory / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ConfigError(f"{what} {directory} is in use by {_holder(holder_path)}; wait for that run to end, or "
+                          "stop it, or choose another directory") from None  # fmt: skip
+    try:
+        if holder_path.exists():
+            log.warning("%s %s: taking over the lock of %s, which ended without releasing it",
+                        what, directory, _holder(holder_path))  # fmt: skip
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv),
+        }
+        holder_path.write_text(json.dumps(holder) + "\n")
+        yield
+    finally:
+        holder_path.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(path: Path) -> str:
+    """'pid P on host H since T (command)' from a holder file, or what is known."""
+    try:
+        h = json.loads(path.read_text())
+        return f"pid {h['pid']} on host {h['host']} since {h['started']} ({h['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its holder file is missing or unreadable)"
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
