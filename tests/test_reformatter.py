@@ -464,3 +464,41 @@ def test_a_dataset_folder_in_use_is_refused(tmp_path, capsys):
         )
         == 0
     )
+
+
+def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
+    """SIGINT while the reformatter relabels: one line, exit 130, no temporary file, the raw
+    episodes kept; the same command then writes the dataset."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
+    command = [sys.executable, str(root / "exorl_reformatter.py"), "walker_random", "--collect", "--collect_steps",
+               "12000", "--episode_length", "200", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+    assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
+    out = dataset_path(tmp_path, "walker", "random")
+    out.unlink()  # the raw episodes stay: the next run only reads and relabels them
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        while "read episodes: 60/60" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    assert code == 130, log.read_text()[-2000:]
+    last = log.read_text().replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith(
+        "exorl_reformatter.py: error: interrupted during walker_random; finished files are kept"
+    )
+    assert "Traceback" not in log.read_text()
+    assert (
+        not out.exists() and not list(out.parent.glob(".*tmp*")) and len(list_episode_files(out.parent)) == 60
+    )
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and read_manifest(out)["episodes"] == 60, rerun.stderr[-2000:]

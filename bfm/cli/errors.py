@@ -42,6 +42,15 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out: MemoryError (numpy, Python), torch's
+    OutOfMemoryError (CUDA) or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
 def setup_logging(fmt: str) -> None:
     """INFO-level log lines in ``fmt`` on stderr.
 

@@ -18,8 +18,6 @@ import argparse
 import logging
 import sys
 
-import torch
-
 from bfm.cli import errors
 from bfm.data.exorl import DatasetError
 from bfm.envs.prompts import FEATURE_DOCS, FORMULA_FUNCTIONS, PromptError
@@ -140,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         with errors.reported(PROG, ConfigError, PromptError, RenderError, DatasetError):
             try:
                 return run(args)
-            except (MemoryError, torch.OutOfMemoryError) as error:
+            except (MemoryError, RuntimeError) as error:
+                if not errors.out_of_memory(error):
+                    raise
                 raise ConfigError(
                     f"out of memory ({errors.one_line(error)[:160]}); use fewer --rollouts or --z_inference_steps"
                 ) from error

@@ -50,6 +50,7 @@ from bfm.training.run_dir import locked, nearest_existing, writable_folder
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
+EXIT_INTERRUPTED = 130
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
@@ -252,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s_%s ready: %s", domain, algo, path)
         except SystemExit:  # the error line is written; go on with the other pairs
             failed.append(f"{domain}_{algo}")
+        except KeyboardInterrupt:
+            errors.fail(
+                PROG,
+                f"interrupted during {domain}_{algo}; finished files are kept (collected or downloaded episodes, "
+                "datasets already written) and rerunning the same command continues",
+                EXIT_INTERRUPTED,
+            )
     if failed and len(args.pairs) > 1:
         errors.fail(PROG, f"{len(failed)} of {len(args.pairs)} pairs failed: {', '.join(failed)}")
     return errors.EXIT_BAD_INPUT if failed else 0

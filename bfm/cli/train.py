@@ -462,7 +462,9 @@ def _task(hydra_cfg: Any) -> list[dict[str, Any]]:
             cfgs = [tc.run_config_from_dict(values) for values in expand_seeds(hydra_cfg)]
             try:
                 return main(cfgs)
-            except (MemoryError, torch.OutOfMemoryError) as error:
+            except (MemoryError, RuntimeError) as error:
+                if not errors.out_of_memory(error):
+                    raise
                 raise ConfigError(
                     f"out of memory ({errors.one_line(error)[:160] or 'MemoryError'}); reduce train.batch_size, "
                     "agent.memory.history_length, the widths or env.episodes, or use another --device"

@@ -192,10 +192,13 @@ def extract_archive(
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
-                with zf.open(info) as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        dst.write(chunk)
-                os.replace(tmp, path)
+                try:
+                    with zf.open(info) as src, open(tmp, "wb") as dst:
+                        while chunk := src.read(_CHUNK):
+                            dst.write(chunk)
+                    os.replace(tmp, path)
+                finally:  # interrupted or failed: no half-written file stays behind
+                    tmp.unlink(missing_ok=True)
                 count += 1
     except zipfile.BadZipFile as e:
         raise DatasetError(

@@ -136,9 +136,12 @@ def write_episode(folder: str | os.PathLike, index: int, episode: dict[str, np.n
     length = len(episode["observation"]) - 1
     path = folder / episode_file_name(index, length)
     tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in EPISODE_KEYS})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in EPISODE_KEYS})
+        os.replace(tmp, path)
+    finally:  # interrupted or failed: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
     return path
 
 
