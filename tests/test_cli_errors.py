@@ -99,10 +99,22 @@ def test_training_on_a_dataset_with_nan_observations_names_the_array(tmp_path: P
     arrays = dict(np.load(path, allow_pickle=False))
     arrays["observation"][1, 5, 3] = np.nan
     np.savez(path, **arrays)
-    proc = run_cli(
-        "fb", "walker", "rnd", f"--data_dir={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}",
-        "experiment=smoke", check=False,
-    )  # fmt: skip
+    args = [
+        "fb",
+        "walker",
+        "rnd",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--run_dir={tmp_path / 'run'}",
+        "experiment=smoke",
+    ]
+    # The changed array no longer matches its manifest's checksum: the load stops naming it.
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"main_exorl.py: error: {path}: array 'observation' does not match the sha256")
+    assert f"delete {path} and remake it with: python exorl_reformatter.py walker_rnd --data_dir " in last
+    # Without the checksums, the finiteness check still names the value.
+    proc = run_cli(*args, "env.verify_checksums=false", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("main_exorl.py: error: ") and "observation holds a non-finite value" in last

@@ -275,3 +275,29 @@ def test_episode_selections_match_the_run_config():
     from bfm.training.config import EPISODE_SELECTIONS as CONFIG_SELECTIONS
 
     assert CONFIG_SELECTIONS == EPISODE_SELECTIONS
+
+
+def test_a_changed_array_is_caught_by_its_checksum(tmp_path):
+    """An array changed after the dataset was written (its manifest kept, the zip intact) stops the
+    load naming the array and saying what to do; env.verify_checksums=false loads it anyway."""
+    import json
+
+    from bfm.data import DatasetError
+    from bfm.data.exorl import read_manifest
+
+    path = make_synthetic_dataset(tmp_path, "walker", "rnd", episodes=3, episode_length=30, seed=0)
+    manifest = read_manifest(path)
+    arrays = dict(np.load(path))
+    arrays.pop("manifest")
+    arrays["reward_walk"] = arrays["reward_walk"].copy()
+    arrays["reward_walk"][1, 5] += 0.5  # one reward of the middle episode
+    np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)  # the old checksums
+    SequenceBuffer(path, "walker", None, 2, 2, verify_checksums=True, tasks=["stand"])  # other arrays intact
+    with pytest.raises(DatasetError) as error:
+        SequenceBuffer(path, "walker", 1, 2, 2, episode_selection="first")  # the changed row is not even kept
+    message = str(error.value)
+    assert f"{path}: array 'reward_walk' does not match the sha256 in its manifest" in message
+    assert f"delete {path} and remake it with: python exorl_reformatter.py walker_rnd" in message
+    assert "env.verify_checksums=false" in message
+    buffer = SequenceBuffer(path, "walker", None, 2, 2, verify_checksums=False)
+    assert buffer.num_episodes == 3

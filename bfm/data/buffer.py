@@ -69,6 +69,8 @@ class SequenceBuffer:
         keep_states: also keep the stored physics states and the uncorrupted observations in host
             memory (``physics_rows``, ``raw_observation``), for rewards and goals that the dataset
             was not labelled with (prompting a trained model, ``training.prompting``).
+        verify_checksums: hash every array read while it streams in and compare it with the
+            manifest's sha256 (a DatasetError naming the array on a mismatch).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class SequenceBuffer:
         tasks: Sequence[str] | None = None,
         episode_selection: str = "spread",
         keep_states: bool = False,
+        verify_checksums: bool = True,
     ) -> None:
 
         self.domain, self.info = domain, check_domain(domain)
@@ -101,6 +104,7 @@ class SequenceBuffer:
         self.resample_per_batch, self.pad_with_zeros = resample_per_batch, pad_with_zeros
         self._transforms = (dynamics_transform, rewards_transform)
         self._seed_generators(seed)
+        self.verify_checksums = verify_checksums
 
         obs, action, rewards, physics = self._load(episodes, episode_selection, keep_states)
         self.num_episodes, self.rows = obs.shape[0], obs.shape[1]
@@ -166,7 +170,12 @@ class SequenceBuffer:
                 )
             keys = ("observation", "action", *(reward_key(task) for task in self.tasks))
             keys += ("physics",) if keep_states else ()
-            part = {key: read_array_rows(path, key, positions) for key in keys}
+            sums = (
+                {k: v.get("sha256") for k, v in manifest.get("arrays", {}).items()}
+                if self.verify_checksums
+                else {}
+            )
+            part = {key: read_array_rows(path, key, positions, sums.get(key)) for key in keys}
             self._check_shapes(path, part, len(positions))
             parts.append(part)
             manifests.append(manifest)

@@ -74,6 +74,12 @@ def parse_dataset_path(path: str | os.PathLike) -> tuple[str, str, str, float]:
     return str(data_dir), domain, name, 1.0
 
 
+def remake_advice(path: str | os.PathLike) -> str:
+    """What to do about a damaged dataset file: the reformatter keeps an existing ``dataset.npz``,
+    so it must be deleted before the command remakes it (from the raw episodes when they are kept)."""
+    return f"delete {path} and remake it with: {create_command(path)}"
+
+
 def create_command(path: str | os.PathLike) -> str:
     """The ``exorl_reformatter.py`` command that creates the dataset at ``path``."""
     data_dir, domain, algo, multiplier = parse_dataset_path(path)
@@ -244,9 +250,7 @@ def _open_npz(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(
-            f"{path}: truncated or corrupt dataset ({e}); rerun: {create_command(path)}"
-        ) from e
+        raise DatasetError(f"{path}: truncated or corrupt dataset ({e}); {remake_advice(path)}") from e
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -267,7 +271,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
             raise DatasetError(
                 f"{path}: no manifest; this is not a dataset written by exorl_reformatter.py of this "
                 f"project (the upstream reformatter's pickled per-episode format is not readable). "
-                f"Recreate it from the raw episode files with: {create_command(path)}"
+                f"{remake_advice(path)}"
             )
         with zf.open("manifest.npy") as f:
             try:
@@ -278,7 +282,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             f"{path}: format version {manifest.get('format_version')}, expected {FORMAT_VERSION}; "
-            f"recreate it with: {create_command(path)}"
+            f"{remake_advice(path)}"
         )
     return manifest
 
@@ -324,7 +328,9 @@ def read_array_prefix(path: str | os.PathLike, key: str, rows: int | None = None
     return read_array_rows(path, key, None if rows is None else range(rows))
 
 
-def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] | None = None) -> np.ndarray:
+def read_array_rows(
+    path: str | os.PathLike, key: str, positions: Sequence[int] | None = None, sha256: str | None = None
+) -> np.ndarray:
     """Read the entries ``positions`` (along axis 0, ascending) of one array of an ``.npz``.
 
     Only the chosen entries are kept in memory; the stored file is streamed once. Positions past
@@ -334,16 +340,19 @@ def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] 
         path: the ``.npz`` file.
         key: array name.
         positions: ascending entry indices; None reads everything (and verifies the zip CRC).
+        sha256: the array's checksum from the manifest: when given, every byte of the array is
+            hashed as it streams by (the rows not kept included) and compared at the end.
 
     Returns:
         The array [len(positions), ...].
 
     Raises:
-        DatasetError: missing key, pickled array, truncated or corrupt file.
+        DatasetError: missing key, pickled array, truncated or corrupt file, checksum mismatch.
     """
     path = Path(path)
     if positions is not None and any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
         raise ValueError(f"positions must be strictly ascending, got {list(positions)[:10]}...")
+    digest = hashlib.sha256() if sha256 is not None else None
     with _open_npz(path) as zf:
         if f"{key}.npy" not in zf.namelist():
             found = sorted(n.removesuffix(".npy") for n in zf.namelist())
@@ -351,29 +360,49 @@ def read_array_rows(path: str | os.PathLike, key: str, positions: Sequence[int] 
         try:
             with zf.open(f"{key}.npy") as f:
                 shape, dtype = _read_npy_header(path, key, f)
+
+                def take(view: memoryview) -> None:
+                    _read_exact(path, key, f, view)
+                    if digest is not None:
+                        digest.update(view)
+
                 wanted = (
                     list(range(shape[0])) if positions is None else [p for p in positions if p < shape[0]]
                 )
                 row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
                 out = np.empty((len(wanted), *shape[1:]), dtype=dtype)
                 view = memoryview(out.reshape(-1).view(np.uint8))
+                scratch = bytearray(row_bytes)
+                at = len(wanted)
                 if wanted == list(range(len(wanted))):  # a prefix: one read
-                    _read_exact(path, key, f, view)
+                    take(view)
                 else:
-                    scratch, at = bytearray(row_bytes), 0
+                    at = 0
                     for i, position in enumerate(wanted):
                         for _ in range(position - at):  # skip rows (ZipExtFile seeks by reading)
-                            _read_exact(path, key, f, memoryview(scratch))
-                        _read_exact(path, key, f, view[i * row_bytes : (i + 1) * row_bytes])
+                            take(memoryview(scratch))
+                        take(view[i * row_bytes : (i + 1) * row_bytes])
                         at = position + 1
-                if len(wanted) and wanted[-1] == shape[0] - 1:
+                if digest is not None:  # the rows after the last one kept
+                    rest = (shape[0] - at) * row_bytes
+                    chunk = bytearray(min(rest, 1 << 24))
+                    while rest:
+                        n = min(rest, len(chunk))
+                        take(memoryview(chunk)[:n])
+                        rest -= n
+                    at = shape[0]
+                    if digest.hexdigest() != sha256:
+                        raise DatasetError(
+                            f"{path}: array {key!r} does not match the sha256 in its manifest (the file changed "
+                            f"after it was written); {remake_advice(path)} (or train on it as it is with "
+                            "env.verify_checksums=false)"
+                        )
+                if at == shape[0] and shape[0]:
                     f.read(1)  # reach EOF so the zip CRC is verified
         except DatasetError:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise DatasetError(
-                f"{path}: truncated or corrupt dataset ({e}); rerun: {create_command(path)}"
-            ) from e
+            raise DatasetError(f"{path}: truncated or corrupt dataset ({e}); {remake_advice(path)}") from e
     return out
 
 

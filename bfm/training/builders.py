@@ -137,6 +137,7 @@ def make_buffer(
         tasks=setup.tasks,
         episode_selection=cfg.env.episode_selection,
         keep_states=keep_states,
+        verify_checksums=cfg.env.verify_checksums,
     )
 
 

@@ -45,6 +45,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "seeds",
     "batch_seeds",
     "train.learning_steps",
+    "env.verify_checksums",
     "train.log_interval",
     "train.show_progress",
     "resume",
@@ -83,6 +84,8 @@ class EnvSettings:
             (default: once at load, as in the paper).
         pad_with_zeros: pad history slots before the episode start with zeros instead of
             repeating the first observation.
+        verify_checksums: check every array a run reads against the sha256 in the dataset's
+            manifest while loading (a mismatch stops the run naming the array).
     """
 
     domain: str = "walker"
@@ -98,6 +101,7 @@ class EnvSettings:
     eval_multipliers: list[float] = field(default_factory=lambda: [1.0])
     resample_per_batch: bool = False
     pad_with_zeros: bool = False
+    verify_checksums: bool = True
 
 
 @dataclass
