@@ -74,8 +74,11 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             ["fb_m", "walker", "rnd", "--rollout_memory", "stack"],
             "unknown rollout memory mode (train.rollout_memory) 'stack'; accepted: sliding, carry",
         ),
-        (["fb_m", "walker", "rnd", "train.bogus=1"], "Key 'bogus' not in 'TrainSettings'"),
-        (["fb_m", "walker", "rnd", "agent.bogus=1"], "Key 'bogus' not in"),
+        (
+            ["fb_m", "walker", "rnd", "train.bogus=1"],
+            "unknown config key train.bogus ('bogus' is not a key of train)",
+        ),
+        (["fb_m", "walker", "rnd", "agent.bogus=1"], "unknown config key agent.bogus"),
         (["fb", "walker", "rnd", "-m", "memory=gru,s4d"], "would share the run directory"),
         (["fb", "walker", "rnd", "hydra.run.dir=out"], "hydra.run.dir is not used: "),
         (
@@ -111,7 +114,10 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             ["hilp", "walker", "rnd", "agent.sf_loss=matrix"],
             "agent.sf_loss must be one of vector, scalar, got 'matrix'",
         ),
-        (["hilp_m", "walker", "rnd", "agent.lr_b=1e-4"], "Key 'lr_b' not in"),
+        (
+            ["hilp_m", "walker", "rnd", "agent.lr_b=1e-4"],
+            "unknown config key agent.lr_b ('lr_b' is not a key of agent)",
+        ),
         (
             ["fb_m", "walker", "rnd", "memory.history_length=abc"],
             "agent.memory.history_length=abc: Value 'abc' of type 'str' could not be converted to Integer",
@@ -128,7 +134,7 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             ["hilp_m", "walker", "rnd", "agent.name=hilp_x"],
             "unknown algorithm 'hilp_x'; accepted: fb, fb_m, hilp, hilp_m",
         ),
-        (["fb_m", "walker", "rnd", "memory.bogus=1"], "Key 'bogus' not in"),
+        (["fb_m", "walker", "rnd", "memory.bogus=1"], "unknown config key agent.memory.bogus"),
         (["fb_m", "walker", "rnd", "--seed", "-1"], "seed (--seed) must be >= 0, got -1"),
         (
             ["fb_m", "walker", "rnd", "--history_length", "1000000000"],
@@ -482,4 +488,43 @@ def test_out_of_memory_in_an_update_names_the_settings(data_dir: Path, tmp_path:
     assert line.startswith("main_exorl.py: error: out of memory (") and "can't allocate memory" in line
     assert line.endswith(
         "reduce train.batch_size, agent.memory.history_length, the widths or env.episodes, or use another --device"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "agent.foo=1",
+            "unknown config key agent.foo ('foo' is not a key of agent); accepted keys of agent: ",
+        ),
+        (
+            "foo=1",
+            "unknown config key foo ('foo' is not a key of the config); accepted top-level keys: agent, ",
+        ),
+        ("train.batchsize=3", "accepted keys of train: batch_size, "),  # the nearest match first
+        (
+            "memory.settings.lstm.token_dim=8",
+            "accepted keys of agent.memory.settings: gru, mlp, s4d, transformer",
+        ),
+        ("agent.memory.foo=2", "accepted keys of agent.memory: backward_history_length, history_length, "),
+    ],
+)
+def test_unknown_keys_list_what_is_accepted(
+    override: str, expected: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = fail(["fb_m", "walker", "rnd", override, f"--data_dir={data_dir}", f"run_root={tmp_path}"], capsys)
+    assert expected in line, line
+
+
+def test_memory_settings_of_a_memory_free_agent_are_refused(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = fail(
+        ["fb", "walker", "rnd", "--history_length", "8", f"--data_dir={data_dir}", f"run_root={tmp_path}"],
+        capsys,
+    )
+    assert line == (
+        "main_exorl.py: error: --history_length has no effect for fb: it has no memory (F, B and the policy see "
+        "one step); use fb_m for a memory model, or drop the setting"
     )

@@ -491,6 +491,7 @@ def cli(argv: list[str] | None = None) -> None:
         seen: dict[str, int] = {}
         for index, values in enumerate(compose_jobs(overrides, multirun)):
             cfg = check_job(values)
+            _check_memory_settings_used(cfg, overrides, multirun)
             if cfg.run_dir in seen:
                 raise ConfigError(
                     f"sweep jobs (seeds) {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
@@ -499,7 +500,7 @@ def cli(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         errors.fail(PROG, _with_flag(str(error)))
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
-        errors.fail(PROG, _one_line(error))
+        errors.fail(PROG, _unknown_key_message(error, overrides, multirun) or _one_line(error))
 
     # hydra.main reads its overrides from sys.argv: hydra has no public API that hands a list of
     # overrides to its launchers (joblib, submitit), so the translated command line goes there
@@ -510,6 +511,67 @@ def cli(argv: list[str] | None = None) -> None:
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
     finally:
         sys.argv = original
+
+
+def _check_memory_settings_used(cfg: RunConfig, overrides: list[str], multirun: bool) -> None:
+    """Memory settings given for a memory-free agent (F, B and pi without memory) change nothing:
+    refused for a single run, a warning for a sweep (where other jobs may use them).
+
+    Raises:
+        ConfigError: a single run with such a setting.
+    """
+    if cfg.agent.recurrent_F or cfg.agent.recurrent_B:
+        return
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    given = [k for k in keys if k == "memory" or k.startswith("agent.memory.")]
+    if not given:
+        return
+    flags = {key: flag for flag, (key, _) in FLAG_OVERRIDES.items()}
+    names = ", ".join(f"--{flags[k]}" if k in flags else k for k in given)
+    message = (
+        f"{names} has no effect for {cfg.agent.name}: it has no memory (F, B and the policy see one step); "
+        f"use {cfg.agent.name}_m for a memory model, or drop the setting"
+    )
+    if not multirun:
+        raise ConfigError(message)
+    log.warning("%s: warning: %s", PROG, message)
+
+
+def _unknown_key_message(error: BaseException, overrides: list[str], multirun: bool) -> str | None:
+    """For an override of a key the config does not have: the key, then the keys its parent node
+    accepts, nearest matches first (the config composed without that override tells them)."""
+    import difflib
+    import re
+
+    cause = error.__cause__ or error.__context__
+    match = re.match(r"Could not override '([^']+)'", str(error))
+    if not match or "not in" not in f"{error} {cause}":
+        return None
+    key = match.group(1)
+    parent = key.rpartition(".")[0]
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        composed = compose_jobs(rest, multirun)[0]
+    except (HydraException, OmegaConfBaseException, ConfigError):
+        return None
+    node: Any = composed
+    known = ""
+    for part in parent.split(".") if parent else []:
+        if not isinstance(node, dict) or part not in node:
+            break
+        node, known = node[part], f"{known}.{part}".lstrip(".")
+    if not isinstance(node, dict):
+        return None
+    accepted = sorted(k for k in node if not str(k).startswith("_"))
+    if known.endswith("memory.settings"):  # per-model settings: one entry per registered memory model
+        from bfm.memory import REGISTRY
+
+        accepted = sorted(set(accepted) | set(REGISTRY))
+    unknown = key.split(".")[len(known.split(".")) if known else 0]  # the first part not found
+    nearest = difflib.get_close_matches(unknown, accepted, n=3, cutoff=0.5)
+    order = nearest + [k for k in accepted if k not in nearest]
+    where = f"keys of {known}" if known else "top-level keys"
+    return f"unknown config key {key} ({unknown!r} is not a key of {known or 'the config'}); accepted {where}: {', '.join(order)}"
 
 
 def _one_line(error: BaseException) -> str:
