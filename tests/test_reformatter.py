@@ -502,3 +502,27 @@ def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
     )
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and read_manifest(out)["episodes"] == 60, rerun.stderr[-2000:]
+
+
+def test_a_full_disk_while_writing_the_dataset_exits_2_and_keeps_the_episodes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from bfm.data import exorl
+
+    args = ["walker_random", "--collect", "--collect_steps", "2000", "--data_dir", str(tmp_path)]
+
+    def full(file, *arrays, **named):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), getattr(file, "name", None))
+
+    monkeypatch.setattr(exorl.np, "savez", full)
+    code = exorl_reformatter.main(args)
+    lines = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()
+    assert code == 2 and lines[-1].startswith(
+        "exorl_reformatter.py: error: no space left on the device while writing "
+    )
+    folder = buffer_dir(tmp_path, "walker", "random")
+    assert not list(folder.glob(".*tmp*")) and not (folder / "dataset.npz").exists()
+    assert len(list_episode_files(folder)) == 2  # the collected episodes stay
+    monkeypatch.undo()
+    assert exorl_reformatter.main(args) == 0 and read_manifest(folder / "dataset.npz")["episodes"] == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -92,3 +93,20 @@ def reported(prog: str, *expected: type[BaseException]) -> Iterator[None]:
         if os.environ.get(TRACEBACK_ENV):
             raise
         fail(prog, str(error) or type(error).__name__)
+    except OSError as error:
+        if error.errno not in DISK_FULL or os.environ.get(TRACEBACK_ENV):
+            raise
+        fail(prog, disk_full_message(error))
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(error: OSError) -> str:
+    """One line for a write that failed on a full disk or an exhausted quota."""
+    what = "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+    where = f" while writing {error.filename}" if error.filename else ""
+    return (
+        f"{what}{where}; what was written before is intact and the partial file was removed: free some space "
+        "(or write elsewhere) and rerun the same command, which continues"
+    )

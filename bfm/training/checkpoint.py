@@ -26,6 +26,7 @@ with ``weights_only=True``, and RNG states are stored as tensors and plain Pytho
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -355,25 +356,55 @@ def save_checkpoint(
     name = f"step_{step:09d}"
     tmp = root / f".tmp_{name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_agent(tmp / "agent", agent)
-    state = {
-        "step": step,
-        "device_type": torch.device(agent.device).type,
-        "global_rng": global_rng_state(),
-        "buffer_rng": _buffer_state(buffer),
-        "extra": extra or {},
-    }
-    torch.save(state, tmp / TRAINER_FILE)
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     pointer_tmp = root / ".latest.tmp"
-    pointer_tmp.write_text(name)
-    os.replace(pointer_tmp, root / "latest")
+    final = root / name
+    try:
+        tmp.mkdir()
+        try:
+            save_agent(tmp / "agent", agent)
+        except (RuntimeError, SafetensorError) as error:  # safetensors' "StorageFull" on a full disk
+            raise disk_error(error, tmp / "agent") from error
+        state = {
+            "step": step,
+            "device_type": torch.device(agent.device).type,
+            "global_rng": global_rng_state(),
+            "buffer_rng": _buffer_state(buffer),
+            "extra": extra or {},
+        }
+        try:
+            torch.save(state, tmp / TRAINER_FILE)
+        except RuntimeError as error:  # torch's writer reports a full disk as "file write failed"
+            raise disk_error(error, tmp / TRAINER_FILE) from error
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, root / "latest")
+    except BaseException:  # a full disk, Ctrl-C: no partial checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        pointer_tmp.unlink(missing_ok=True)
+        raise
     _prune(root, keep=name)
     log.info("checkpoint written: %s", final)
     return final
+
+
+def disk_error(error: Exception, path: Path) -> BaseException:
+    """torch's "file write failed" as the OSError it is (ENOSPC) when the disk holding ``path`` is
+    full, so that it is reported as a full disk; else ``error`` itself."""
+    try:
+        full = shutil.disk_usage(nearest_folder(path)).free < 1 << 20
+    except OSError:
+        full = False
+    if full or "No space left" in str(error) or "StorageFull" in str(error):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return error
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path`` or its nearest existing parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _prune(root: Path, keep: str) -> None:

@@ -63,11 +63,14 @@ class CSVWriter:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        try:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
+        finally:  # a full disk or Ctrl-C leaves the previous file and no partial one
+            tmp.unlink(missing_ok=True)
 
 
 class MetricLogger:

@@ -300,8 +300,11 @@ class Trainer:
             results = build_results(run.cfg, run.logger.eval_csv.read(), run.provenance, step)
             path = run.run_dir / RESULTS_FILE
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            os.replace(tmp, path)
+            try:
+                tmp.write_text(json.dumps(results, indent=2))
+                os.replace(tmp, path)
+            finally:  # a full disk or Ctrl-C leaves the previous results.json and no partial file
+                tmp.unlink(missing_ok=True)
             out.append(results)
         return out
 
