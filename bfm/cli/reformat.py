@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s_%s ready: %s", domain, algo, path)
         except SystemExit:  # the error line is written; go on with the other pairs
             failed.append(f"{domain}_{algo}")
+        except MemoryError:
+            errors.fail(
+                PROG,
+                f"out of memory during {domain}_{algo}; use fewer --episodes or --workers, or a machine with more memory",
+            )
         except KeyboardInterrupt:
             errors.fail(
                 PROG,

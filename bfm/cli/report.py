@@ -348,7 +348,16 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
+    """CLI entry point; returns the exit code (130 on Ctrl-C, with one line)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        errors.fail(
+            PROG, "interrupted; the runs are untouched, rerun the same command to write the report", 130
+        )
+
+
+def _main(argv: list[str] | None) -> int:
     parser = errors.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories or roots to search for results.json")
     parser.add_argument("--out", default="report", help="output directory (default: report)")
