@@ -151,29 +151,23 @@ def test_no_pickle_is_loaded_anywhere() -> None:
 def test_a_full_disk_while_checkpointing_exits_2_and_keeps_the_last_checkpoint(data_dir, tmp_path):
     """torch's writer fails ("file write failed") on a full disk at the second checkpoint: one line
     naming the file and the full disk, exit 2, no temporary folder, the first checkpoint intact."""
-    import os
-    import subprocess
-    import sys
+    from tests.test_cli import run_patched_cli
 
     run = tmp_path / "run"
     argv = ["fb", "walker", "rnd", "experiment=smoke", f"--data_dir={data_dir}", f"--run_dir={run}",
             "--learning_steps=4", "--eval_frequency=2"]  # fmt: skip
-    code = (
-        "import collections, shutil, torch; from bfm.training import checkpoint; save = torch.save\n"
+    setup = (
+        "import collections, torch; from bfm.training import checkpoint; save = torch.save\n"
         "def failing(obj, f, *a, **k):\n"
         "    if isinstance(obj, dict) and obj.get('step', 0) > 0:\n"
         "        raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')\n"
         "    return save(obj, f, *a, **k)\n"
         "checkpoint.torch.save = failing\n"
         "full = collections.namedtuple('usage', 'total used free')(10, 10, 0)\n"
-        "checkpoint.shutil.disk_usage = lambda path: full\n"
-        f"from bfm.cli.train import cli; cli({argv!r})"
+        "checkpoint.shutil.disk_usage = lambda path: full"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL="disable")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
+    code, line = run_patched_cli(setup, argv)
+    assert code == 2, line
     assert line.startswith("main_exorl.py: error: no space left on the device while writing ")
     assert "checkpoints/.tmp_step_000000002/trainer.pt" in line and "rerun the same command" in line
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -98,15 +98,31 @@ def _resume_args(data_dir: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def kill_when(args: list[str], path: Path) -> None:
-    """Starts main_exorl.py with ``args`` and kills it (SIGKILL) as soon as ``path`` exists."""
-    proc = subprocess.Popen(
+def start_cli(args: list[str]) -> subprocess.Popen:
+    """main_exorl.py with ``args`` in the background, its output discarded."""
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "main_exorl.py"), *args],
         cwd=ROOT,
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def run_patched_cli(setup: str, argv: list[str]) -> tuple[int, str]:
+    """main_exorl.py's ``cli(argv)`` in a fresh process after the Python lines ``setup`` (a fault
+    injected into the library); returns (exit code, last stderr line), asserting no traceback."""
+    code = f"{setup}\nfrom bfm.cli.train import cli\ncli({argv!r})"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.returncode, proc.stderr.strip().splitlines()[-1]
+
+
+def kill_when(args: list[str], path: Path) -> None:
+    """Starts main_exorl.py with ``args`` and kills it (SIGKILL) as soon as ``path`` exists."""
+    proc = start_cli(args)
     deadline = time.monotonic() + 120
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -246,13 +262,7 @@ def test_one_run_per_directory(data_dir: Path, tmp_path: Path) -> None:
         "--eval_frequency=20",
         "train.log_interval=5",
     ]
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / "main_exorl.py"), *args],
-        cwd=ROOT,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start_cli(args)
     try:
         deadline = time.monotonic() + 120
         while not (run / "checkpoints" / "latest").exists() and time.monotonic() < deadline:

@@ -463,9 +463,7 @@ def test_run_dir_that_cannot_be_created_is_refused(data_dir: Path, tmp_path: Pat
 def test_out_of_memory_in_an_update_names_the_settings(data_dir: Path, tmp_path: Path) -> None:
     """The CPU allocator's RuntimeError (a real one: an allocation no machine has, raised in the
     first update) exits 2 with one line naming what to reduce."""
-    import os
-    import subprocess
-    import sys
+    from tests.test_cli import run_patched_cli
 
     argv = [
         "fb",
@@ -475,16 +473,12 @@ def test_out_of_memory_in_an_update_names_the_settings(data_dir: Path, tmp_path:
         f"--data_dir={data_dir}",
         f"--run_dir={tmp_path / 'run'}",
     ]
-    code = (
-        "import sys, torch; from bfm.agents.base import AgentBase; "
-        "AgentBase.update = lambda self, batch, step=0: torch.empty(2**60, dtype=torch.uint8); "
-        f"from bfm.cli.train import cli; cli({argv!r})"
+    setup = (
+        "import torch; from bfm.agents.base import AgentBase\n"
+        "AgentBase.update = lambda self, batch, step=0: torch.empty(2**60, dtype=torch.uint8)"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL="disable")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in proc.stderr
+    code, line = run_patched_cli(setup, argv)
+    assert code == 2, line
     assert line.startswith("main_exorl.py: error: out of memory (") and "can't allocate memory" in line
     assert line.endswith(
         "reduce train.batch_size, agent.memory.history_length, the widths or env.episodes, or use another --device"
