@@ -478,7 +478,7 @@ def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
     command = [sys.executable, str(root / "exorl_reformatter.py"), "walker_random", "--collect", "--collect_steps",
-               "12000", "--episode_length", "200", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+               "6000", "--episode_length", "100", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
     assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
     out = dataset_path(tmp_path, "walker", "random")
     out.unlink()  # the raw episodes stay: the next run only reads and relabels them
