@@ -70,3 +70,43 @@ def test_no_runs_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"plot_results.py: error: no readable results.json under {tmp_path}")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys, monkeypatch) -> None:
+    write_run(tmp_path / "runs", "fb", "walker", "none", 0, {"stand": 500.0})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plot_results, "aggregate", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_results.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line
+        == "plot_results.py: error: interrupted; the runs are untouched, rerun the same command to write the report"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_names_the_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    import errno
+    import os
+
+    write_run(tmp_path / "runs", "fb", "walker", "none", 0, {"stand": 500.0})
+    out = tmp_path / "r"
+
+    def full(self, text, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_results.main([str(tmp_path / "runs"), "--out", str(out), "--reps", "10"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line.startswith("plot_results.py: error: ")
+        and f"{out / 'report.md'}" in line
+        and "No space left" in line
+    )
