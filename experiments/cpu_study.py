@@ -447,9 +447,9 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
     """The paper-shaped comparison (ours beside the paper's percentages) with command and compute."""
     keyed = {(r["domain"], r["method"]): r for r in rows}
     methods = sorted({r["method"] for r in rows}, key=method_order)
-    machines = sorted(
-        {json.loads((kept_dir(j, args) / "driver.json").read_text()).get("cpu", "?") for j in done}
-    )
+    drivers = [json.loads((kept_dir(j, args) / "driver.json").read_text()) for j in done]
+    machines = sorted({d.get("cpu", "?") for d in drivers})
+    at_a_time = "/".join(sorted({str(d.get("jobs_at_a_time", "?")) for d in drivers}))
     lines = [
         "# CPU-scale study: summary",
         "",
@@ -459,7 +459,7 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
         f"{' '.join(map(str, args.seeds))}), {args.updates} updates each, preset `{args.preset}`, "
         f"{args.episodes} locally collected episodes per domain (`--explorer cpu`).",
         f"Compute: {sum(run_seconds(job, args) for job in done) / 60:.1f} min of summed run wall time "
-        f"(one torch thread per run, {args.jobs} runs at a time; machines: {'; '.join(machines)}); "
+        f"(one torch thread per run, {at_a_time} runs at a time; machines: {'; '.join(machines)}); "
         f"this invocation {wall_s / 60:.1f} min.",
         "",
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
