@@ -21,8 +21,10 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import difflib
 import itertools
 import logging
+import re
 import sys
 import types
 import typing
@@ -540,9 +542,6 @@ def _check_memory_settings_used(cfg: RunConfig, overrides: list[str], multirun: 
 def _unknown_key_message(error: BaseException, overrides: list[str], multirun: bool) -> str | None:
     """For an override of a key the config does not have: the key, then the keys its parent node
     accepts, nearest matches first (the config composed without that override tells them)."""
-    import difflib
-    import re
-
     cause = error.__cause__ or error.__context__
     match = re.match(r"Could not override '([^']+)'", str(error))
     if not match or "not in" not in f"{error} {cause}":
@@ -564,9 +563,7 @@ def _unknown_key_message(error: BaseException, overrides: list[str], multirun: b
         return None
     accepted = sorted(k for k in node if not str(k).startswith("_"))
     if known.endswith("memory.settings"):  # per-model settings: one entry per registered memory model
-        from bfm.memory import REGISTRY
-
-        accepted = sorted(set(accepted) | set(REGISTRY))
+        accepted = sorted(set(accepted) | set(MEMORY_TYPES))
     unknown = key.split(".")[len(known.split(".")) if known else 0]  # the first part not found
     nearest = difflib.get_close_matches(unknown, accepted, n=3, cutoff=0.5)
     order = nearest + [k for k in accepted if k not in nearest]
