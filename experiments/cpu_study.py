@@ -314,7 +314,7 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
             spreads, paper, logged = [], [], []
             for j, e in evals:
                 seeds = [_mean_iqm(v["iqm"]) for k, v in e.items() if k.startswith("seed")]
-                spreads.append(max(seeds) - min(seeds))
+                spreads.append(max(seeds) - min(seeds) if seeds else float("nan"))
                 paper.append(_mean_iqm(e["paper_protocol"]["iqm"]))
                 results = json.loads((kept_dir(j, args) / "results.json").read_text())
                 logged.append(_mean_iqm(results["final"]["iqm"]))
@@ -519,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             sys.stderr.write(f"cpu_study.py: error: --{name} must be >= 1, got {getattr(args, name)}\n")
             return 2
+    if args.spread < 0:
+        sys.stderr.write(f"cpu_study.py: error: --spread must be >= 0, got {args.spread}\n")
+        return 2
     command = "python experiments/cpu_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     jobs = ordered_jobs(args)
     if args.dry_run:
