@@ -392,19 +392,12 @@ def disk_error(error: Exception, path: Path) -> BaseException:
     """torch's "file write failed" as the OSError it is (ENOSPC) when the disk holding ``path`` is
     full, so that it is reported as a full disk; else ``error`` itself."""
     try:
-        full = shutil.disk_usage(nearest_folder(path)).free < 1 << 20
+        full = shutil.disk_usage(path.parent).free < 1 << 20  # the checkpoint's folder exists by then
     except OSError:
         full = False
     if full or "No space left" in str(error) or "StorageFull" in str(error):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     return error
-
-
-def nearest_folder(path: Path) -> Path:
-    """``path`` or its nearest existing parent."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _prune(root: Path, keep: str) -> None:
