@@ -75,9 +75,7 @@ class Block(nn.Module):
             d/heads] including the new ones).
         """
         batch, length, dim = x.shape
-        qkv = self.qkv(self.norm_attention(x))  # [B, M, 3d]
-        qkv = qkv.view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, heads, M, dh]
+        q, k, v = self._qkv(x)  # each [B, heads, M, dh]
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, heads, P+M, dh]
             v = torch.cat([past[1], v], dim=2)
@@ -99,11 +97,16 @@ class Block(nn.Module):
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [B, heads, M, d/heads] of a window x [B, M, d] without the block's output
         (a prefix's cache), drawing the random numbers the output's dropout would draw."""
+        _, k, v = self._qkv(x)
+        dropout_last(x[:, :0], x.shape, self.ffn[-1])
+        return k, v
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values [B, heads, M, d/heads] of x [B, M, d]."""
         batch, length, dim = x.shape
         qkv = self.qkv(self.norm_attention(x))  # [B, M, 3d]
         qkv = qkv.view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        dropout_last(x[:, :0], (batch, length, dim), self.ffn[-1])
-        return qkv[1], qkv[2]
+        return qkv.unbind(0)
 
 
 def dropout_last(x_last: torch.Tensor, shape: tuple[int, ...], dropout: nn.Dropout) -> torch.Tensor:
