@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bfm.cli import report as plot_results  # noqa: E402  (the repository root is put on the path above)
+from bfm.training.config import memory_label  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -343,10 +344,12 @@ def _mean_iqm(iqm: dict[str, dict[str, float]]) -> float:
 
 
 def _paper_name(method: str) -> str:
+    """The name the report gives the method's runs (their results.json's memory label)."""
     spec = METHODS[method]
-    label = "none" if spec.memory is None else spec.memory
-    if any(o.startswith("agent.recurrent_B=false") for o in spec.overrides):
-        label += "-F"
+    memory = spec.memory is not None
+    label = memory_label(
+        memory, memory and "agent.recurrent_B=false" not in spec.overrides, spec.memory or "none"
+    )
     return plot_results.method_name(spec.algorithm, label)
 
 
