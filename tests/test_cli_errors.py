@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bfm.cli import reformat as exorl_reformatter
@@ -47,6 +48,84 @@ def test_reformatter_bad_input(args: list[str], expected: str, tmp_path: Path, c
     assert not (tmp_path / "data").exists()  # nothing was created
 
 
+def _raw_episode(folder: Path, name: str, content: bytes | dict | None) -> None:
+    """Writes ``name`` into ``folder``: bytes as they are, a dict as an .npz, None as a folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        (folder / name).mkdir()
+    elif isinstance(content, bytes):
+        (folder / name).write_bytes(content)
+    else:
+        np.savez(folder / name, **content)
+
+
+WALKER_ROWS = {
+    "observation": np.zeros((21, 24), np.float32),
+    "action": np.zeros((21, 6), np.float32),
+    "physics": np.zeros((21, 5)),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        (
+            "x_0_20.npz",
+            b"junk",
+            "x_0_20.npz: not an .npz episode file (corrupt, or pickled Python objects); delete",
+        ),
+        ("x_0_20.npz", None, "x_0_20.npz: truncated or corrupt episode file"),
+        ("x_0_20.npz", {"observation": np.zeros((21, 24))}, "missing arrays ['action', 'physics']"),
+        (
+            "x_0_20.npz",
+            WALKER_ROWS,
+            "physics has shape (21, 5), expected [T+1, 18] (an episode of another domain?)",
+        ),
+        ("episode.npz", b"x", "1 .npz file(s) (episode.npz) not named like raw episodes"),
+    ],
+)
+def test_reformatter_bad_raw_episode(name: str, content, expected: str, tmp_path: Path, capsys) -> None:
+    """A raw episode file that is damaged, foreign or misnamed is named, with a remedy that works
+    (never an attempt to download over it)."""
+    folder = tmp_path / "walker" / "rnd" / "buffer"
+    _raw_episode(folder, name, content)
+    line = one_error_line(
+        exorl_reformatter.main, ["walker_rnd", "--data_dir", str(tmp_path), "--workers", "1"], capsys
+    )
+    assert expected in line, line
+    assert "delete it and rerun to make the dataset from the other episodes" in line or "rename them" in line
+    kept = sorted(p.name for p in folder.iterdir() if p.name != ".lock")  # the lock file stays, empty
+    assert kept == [name]  # nothing written, nothing removed
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--base_url", "ftp//host"], "--base_url 'ftp//host' is not an http:// or https:// address"),
+        (["--base_url", "/srv/exorl"], "--base_url '/srv/exorl' is not an http:// or https:// address"),
+    ],
+)
+def test_reformatter_bad_base_url(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    line = one_error_line(exorl_reformatter.main, ["walker_rnd", "--data_dir", str(tmp_path), *args], capsys)
+    assert expected in line, line
+
+
+def test_reformatter_files_in_the_way(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("mine")
+    line = one_error_line(
+        exorl_reformatter.main, ["walker_rnd", "--data_dir", str(tmp_path / "afile")], capsys
+    )
+    assert (
+        f"--data_dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder; choose another"
+        in line
+    )
+    (tmp_path / "walker" / "rnd").mkdir(parents=True)
+    (tmp_path / "walker" / "rnd" / "buffer").write_text("mine")
+    line = one_error_line(exorl_reformatter.main, ["walker_rnd", "--data_dir", str(tmp_path)], capsys)
+    assert f"walker_rnd: {tmp_path / 'walker' / 'rnd' / 'buffer'} is a file where the dataset folder" in line
+    assert (tmp_path / "walker" / "rnd" / "buffer").read_text() == "mine"
+
+
 def test_reformatter_corrupt_dataset_without_raw_episodes_says_what_to_do(tmp_path: Path, capsys) -> None:
     out = tmp_path / "walker" / "rnd" / "buffer" / "dataset.npz"
     out.parent.mkdir(parents=True)
@@ -81,6 +160,16 @@ def test_report_out_naming_a_file(tmp_path: Path, capsys) -> None:
     line = one_error_line(plot_results.main, [str(tmp_path), "--out", str(tmp_path / "report.txt")], capsys)
     assert f"--out {tmp_path / 'report.txt'} is a file" in line
     assert (tmp_path / "report.txt").read_text() == "mine"
+
+
+def test_report_paths_that_are_not_runs(tmp_path: Path, capsys) -> None:
+    line = one_error_line(plot_results.main, [str(tmp_path / "nope")], capsys)
+    assert f"{tmp_path / 'nope'} does not exist; pass run directories" in line
+    (tmp_path / "notes.txt").write_text("x")
+    line = one_error_line(plot_results.main, [str(tmp_path / "notes.txt")], capsys)
+    assert (
+        f"{tmp_path / 'notes.txt'} is a file; pass run directories" in line and "results.json files" in line
+    )
 
 
 def test_report_only_unreadable_runs(tmp_path: Path, capsys) -> None:

@@ -82,6 +82,10 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["fb", "walker", "rnd", "-m", "memory=gru,s4d"], "would share the run directory"),
         (["fb", "walker", "rnd", "hydra.run.dir=out"], "hydra.run.dir is not used: "),
         (
+            ["fb", "walker", "rnd", "--run_dir", "mine", "-m", "seed=1,2"],
+            "--run_dir mine names one directory for a sweep of several jobs (jobs 0 and 1 would share it)",
+        ),
+        (
             ["fb_m", "walker", "rnd", "agent.tau=abc"],
             "agent.tau=abc: Value 'abc' of type 'str' could not be converted to Float",
         ),
@@ -167,6 +171,15 @@ def test_bad_input(
     assert line.startswith("main_exorl.py: error: ")
     assert expected in line
     assert not any(tmp_path.iterdir()), "bad input must not write anything"
+
+
+def test_data_dir_that_is_a_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("mine")
+    line = fail(["fb", "walker", "rnd", f"--data_dir={tmp_path / 'afile'}", f"run_root={tmp_path}"], capsys)
+    assert (
+        f"--data_dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder; pass the dataset root"
+        in line
+    )
 
 
 def test_missing_dataset_names_path_and_remedy(

@@ -214,6 +214,8 @@ def test_cli_writes_an_evaluation_folder_and_leaves_training_files(
         (["{run}", "--goal", "x"], "expected EPISODE:STEP"),
         (["{run}", "--video_size", "8"], "expected WIDTHxHEIGHT"),
         (["{tmp}"], "holds no config.yaml"),
+        (["{tmp}/nope"], "nope does not exist; pass a folder main_exorl.py wrote"),
+        (["{tmp}/bad.py"], "bad.py is a file; pass a folder main_exorl.py wrote"),
         (["{run}", "--name", ".."], "one folder name of letters"),
         (["{run}", "--domain", "walker_bogus"], "walker_bogus"),
         (["{run}", "--domain", "walker_occluded"], "gives observations of widths (15, 15)"),

@@ -526,3 +526,39 @@ def test_a_full_disk_while_writing_the_dataset_exits_2_and_keeps_the_episodes(tm
     assert len(list_episode_files(folder)) == 2  # the collected episodes stay
     monkeypatch.undo()
     assert exorl_reformatter.main(args) == 0 and read_manifest(folder / "dataset.npz")["episodes"] == 2
+
+
+def _not_an_archive(served: Served) -> None:
+    served.files["/walker/rnd.zip"] = b"<html>a login page</html>"
+
+
+def _archive_without_episodes(served: Served) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("video/0.mp4", b"not a video")
+    served.files["/walker/rnd.zip"] = buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("serve", "expected"),
+    [
+        (lambda served: None, "walker/rnd.zip: HTTP 404 Not Found; check --base_url (archives are "),
+        (
+            _not_an_archive,
+            "rnd.zip: not a zip archive, or a truncated one (File is not a zip file); delete it",
+        ),
+        (
+            _archive_without_episodes,
+            "rnd.zip: no buffer/ entries among its 1 (e.g. video/0.mp4): not an ExORL",
+        ),
+    ],
+)
+def test_a_wrong_base_url_is_named_as_the_cause(serve, expected, tmp_path, server, capsys):
+    served, url = server
+    serve(served)
+    capsys.readouterr()
+    assert exorl_reformatter.main(["walker_rnd", "--data_dir", str(tmp_path), "--base_url", url]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("exorl_reformatter.py: error: ") and expected in line, line
+    assert "--base_url" in line
+    assert not dataset_path(tmp_path, DOMAIN, "rnd").exists()

@@ -110,3 +110,11 @@ def test_a_full_disk_names_the_file(tmp_path: Path, capsys, monkeypatch) -> None
         and f"{out / 'report.md'}" in line
         and "No space left" in line
     )
+
+
+def test_results_json_files_can_be_named_directly(tmp_path: Path) -> None:
+    write_run(tmp_path, "fb_m", "walker", "gru", 0, {"stand": 800.0})
+    write_run(tmp_path, "fb_m", "walker", "gru", 1, {"stand": 600.0})
+    one = tmp_path / "fb_m" / "walker" / "rnd" / "gru" / "seed1" / "results.json"
+    assert [run.path.name for run in plot_results.find_runs([str(one)])] == ["seed1"]
+    assert len(plot_results.find_runs([str(tmp_path)])) == 2

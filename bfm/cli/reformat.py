@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ from bfm.data.reformat import DOWNLOAD_FILE, reformat
 from bfm.envs import DOMAINS
 from bfm.training.builders import resolve_device
 from bfm.training.config import ConfigError
-from bfm.training.run_dir import locked, nearest_existing, writable_folder
+from bfm.training.run_dir import file_in_the_way, locked, nearest_existing, writable_folder
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
@@ -183,6 +184,13 @@ def _process(domain: str, algo: str, args: argparse.Namespace, folder: Path) -> 
     else:
         archive = Path(args.data_dir) / domain / f"{algo}.zip"
         if not list_episode_files(folder) or archive.is_file():
+            misnamed = sorted(p.name for p in folder.glob("*.npz") if p.name != out.name)
+            if misnamed and not archive.is_file():
+                raise DatasetError(
+                    f"{folder}: {len(misnamed)} .npz file(s) ({', '.join(misnamed[:3])}) not named like raw "
+                    "episodes, <prefix>_<index>_<length>.npz (e.g. episode_000000_1000.npz); rename them to "
+                    "reformat them, or move them away to download ExORL's archive instead"
+                )
             if out.is_file() and not archive.is_file():
                 try:
                     read_manifest(out)  # raises on a corrupt or foreign file
@@ -231,9 +239,26 @@ def check_args(args: argparse.Namespace) -> None:
                     f"(ExORL's {algo} dataset is downloaded without --collect)"
                 )
         resolve_device(args.device)
+    elif urllib.parse.urlsplit(args.base_url).scheme not in ("http", "https"):
+        raise ConfigError(
+            f"--base_url {args.base_url!r} is not an http:// or https:// address (default {EXORL_BASE_URL})"
+        )
     existing = nearest_existing(Path(args.data_dir))
+    if not existing.is_dir():
+        raise ConfigError(
+            f"--data_dir {args.data_dir}: {existing} is a file, not a folder; choose another --data_dir"
+        )
     if not writable_folder(existing):
-        raise ConfigError(f"--data_dir {args.data_dir}: {existing} is not a writable folder")
+        raise ConfigError(
+            f"--data_dir {args.data_dir}: {existing} is not writable; choose another --data_dir"
+        )
+    for domain, algo in args.pairs:
+        folder = buffer_dir(args.data_dir, domain, algo, args.multiplier)
+        blocker = file_in_the_way(folder)
+        if blocker is not None:
+            raise ConfigError(
+                f"{domain}_{algo}: {blocker} is a file where the dataset folder {folder} goes; move it away"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

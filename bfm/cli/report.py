@@ -98,13 +98,15 @@ def find_runs(paths: list[str], skipped: list[str] | None = None) -> list[Run]:
     """Every run (directory with a readable results.json) under the given paths.
 
     Args:
-        paths: run directories or folders above them.
+        paths: run directories, folders above them, or results.json files.
         skipped: when given, receives ``"<path>: <why>"`` of each results.json that cannot be read
             (truncated, not JSON, missing keys); those runs are left out, with a warning.
     """
     runs = []
     for root in paths:
-        for results_path in sorted(Path(root).rglob("results.json")):  # root's own results.json included
+        root = Path(root)
+        # A results.json named itself, or every one under a folder (the folder's own included).
+        for results_path in [root] if root.is_file() else sorted(root.rglob("results.json")):
             try:
                 results = json.loads(results_path.read_text())
                 missing = [k for k in REQUIRED_KEYS if k not in results]
@@ -359,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = errors.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="run directories or roots to search for results.json")
+    parser.add_argument(
+        "paths", nargs="+", help="run directories, roots to search for results.json, or results.json files"
+    )
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument(
         "--which", choices=("final", "best"), default="final", help="final or best evaluation"
@@ -373,6 +377,14 @@ def _main(argv: list[str] | None) -> int:
     if out.exists() and not out.is_dir():
         errors.fail(PROG, f"--out {out} is a file; name a folder (it is created if missing)")
     skipped: list[str] = []
+    for path in map(Path, args.paths):
+        problem = "does not exist" if not path.exists() else "is a file" if path.is_file() else None
+        if problem and not (path.is_file() and path.name == "results.json"):
+            errors.fail(
+                PROG,
+                f"{path} {problem}; pass run directories written by main_exorl.py, folders above them, "
+                "or their results.json files",
+            )
     runs = find_runs(args.paths, skipped)
     if not runs:
         errors.fail(

@@ -495,9 +495,7 @@ def cli(argv: list[str] | None = None) -> None:
             cfg = check_job(values)
             _check_memory_settings_used(cfg, overrides, multirun)
             if cfg.run_dir in seen:
-                raise ConfigError(
-                    f"sweep jobs (seeds) {seen[cfg.run_dir]} and {index} would share the run directory {cfg.run_dir} (e.g. a memory sweep of a memory-free algorithm); remove the duplicate values"
-                )
+                raise ConfigError(_shared_run_dir_message(cfg.run_dir, seen[cfg.run_dir], index, overrides))
             seen[cfg.run_dir] = index
     except ConfigError as error:
         errors.fail(PROG, _with_flag(str(error)))
@@ -513,6 +511,21 @@ def cli(argv: list[str] | None = None) -> None:
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
     finally:
         sys.argv = original
+
+
+def _shared_run_dir_message(run_dir: str, first: int, second: int, overrides: list[str]) -> str:
+    """Why two sweep jobs got one run directory, and what to do about it."""
+    if any(override.split("=", 1)[0].lstrip("+~") == "run_dir" for override in overrides):
+        return (
+            f"--run_dir {run_dir} names one directory for a sweep of several jobs (jobs {first} and {second} "
+            "would share it); leave --run_dir out (each job gets its own folder under run_root) or put the "
+            "swept keys into it, e.g. 'run_dir=runs/mine/seed${seed}'"
+        )
+    return (
+        f"sweep jobs {first} and {second} would share the run directory {run_dir}: they differ only in "
+        "settings that are not part of the run's name (e.g. a memory sweep of a memory-free algorithm); "
+        "remove the duplicate values"
+    )
 
 
 def _check_memory_settings_used(cfg: RunConfig, overrides: list[str], multirun: bool) -> None:

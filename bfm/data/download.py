@@ -115,7 +115,10 @@ def download(
                 os.replace(part, dest)
                 return dest
         except urllib.error.HTTPError as e:
-            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+            raise DownloadError(
+                f"{url}: HTTP {e.code} {e.reason}; check --base_url (archives are <base_url>/<domain>/<algo>.zip), "
+                "or create the data locally with --collect"
+            ) from e
         except urllib.error.URLError as e:
             raise DownloadError(
                 f"cannot reach {url} ({e.reason}); check the network or --base_url, or create the data "
@@ -202,9 +205,17 @@ def extract_archive(
                 count += 1
     except zipfile.BadZipFile as e:
         raise DatasetError(
-            f"{archive}: truncated or corrupt archive ({e}); delete it and rerun to download again"
+            f"{archive}: not a zip archive, or a truncated one ({e}); delete it and rerun to download it "
+            "again (if a fresh download fails the same way, --base_url serves something else than ExORL's "
+            "archives)"
         ) from e
     skipped = len(members) - len(kept)
+    if not kept:
+        example = ", ".join(info.filename for info, _ in members[:3]) or "none"
+        raise DatasetError(
+            f"{archive}: no {keep_prefix} entries among its {len(members)} (e.g. {example}): not an ExORL "
+            "dataset archive; delete it and check --base_url"
+        )
     logger.info(
         "extracted %d files from %s into %s (%d entries outside %r skipped)",
         count,

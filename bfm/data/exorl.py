@@ -151,6 +151,14 @@ def write_episode(folder: str | os.PathLike, index: int, episode: dict[str, np.n
     return path
 
 
+def _episode_advice(path: str | os.PathLike) -> str:
+    folder = Path(path).parent
+    return (
+        "delete it and rerun to make the dataset from the other episodes, or delete the folder "
+        f"{folder} and rerun to download (or --collect) them all again"
+    )
+
+
 def read_episode(path: str | os.PathLike, dims: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
     """Read and check one raw episode file.
 
@@ -169,24 +177,31 @@ def read_episode(path: str | os.PathLike, dims: tuple[int, int, int] | None = No
         with np.load(path, allow_pickle=False) as data:
             missing = {"observation", "action", "physics"} - set(data.files)
             if missing:
-                raise DatasetError(f"{path}: missing arrays {sorted(missing)}; found {sorted(data.files)}")
+                raise DatasetError(
+                    f"{path}: missing arrays {sorted(missing)}; found {sorted(data.files)}; {_episode_advice(path)}"
+                )
             episode = {k: data[k] for k in data.files if k in EPISODE_KEYS}
     except DatasetError:
         raise
     except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise DatasetError(f"{path}: holds pickled Python objects, not an ExORL episode file") from e
-        raise DatasetError(f"{path}: unreadable episode file ({e})") from e
+        raise DatasetError(
+            f"{path}: not an .npz episode file (corrupt, or pickled Python objects); {_episode_advice(path)}"
+        ) from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DatasetError(f"{path}: truncated or corrupt episode file ({e}); delete it and rerun") from e
+        raise DatasetError(f"{path}: truncated or corrupt episode file ({e}); {_episode_advice(path)}") from e
     rows = len(episode["observation"])
     for key, value in episode.items():
         if value.dtype == object or value.ndim < 1 or len(value) != rows:
-            raise DatasetError(f"{path}: array {key!r} has shape {value.shape}, expected {rows} rows")
+            raise DatasetError(
+                f"{path}: array {key!r} has shape {value.shape}, expected {rows} rows; {_episode_advice(path)}"
+            )
     if dims is not None:
         for key, dim in zip(("observation", "action", "physics"), dims, strict=True):
             if episode[key].ndim != 2 or episode[key].shape[1] != dim:
-                raise DatasetError(f"{path}: {key} has shape {episode[key].shape}, expected [T+1, {dim}]")
+                raise DatasetError(
+                    f"{path}: {key} has shape {episode[key].shape}, expected [T+1, {dim}] (an episode of another "
+                    f"domain?); {_episode_advice(path)}"
+                )
     return episode
 
 

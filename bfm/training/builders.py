@@ -18,6 +18,7 @@ from bfm.data import SequenceBuffer, dataset_path
 from bfm.data.exorl import create_command
 from bfm.training.config import ConfigError, RunConfig
 from bfm.training.evaluation import Evaluator
+from bfm.training.run_dir import file_in_the_way
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ def dataset_paths(cfg: RunConfig, domain: str) -> list[Path]:
         Path(dataset_path(cfg.env.data_dir, domain, cfg.env.dataset, m)) for m in cfg.env.train_multipliers
     ]
     for path, m in zip(paths, cfg.env.train_multipliers, strict=True):
+        blocker = None if path.exists() else file_in_the_way(path.parent)
+        if blocker is not None:
+            raise ConfigError(
+                f"--data_dir {cfg.env.data_dir}: {blocker} is a file, not a folder; pass the dataset root, "
+                "the folder that holds <domain>/<dataset>/buffer/dataset.npz"
+            )
         if not path.exists():
             raise ConfigError(
                 f"missing dataset {path} (domain {domain}, dataset {cfg.env.dataset}, multiplier {m:g}); "

@@ -86,7 +86,11 @@ class TrainedModel:
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
-            raise ConfigError(f"run directory {run_dir} does not exist")
+            what = "is a file" if run_dir.exists() else "does not exist"
+            raise ConfigError(
+                f"run directory {run_dir} {what}; pass a folder main_exorl.py wrote (it holds config.yaml "
+                "and checkpoints/)"
+            )
         values = saved_config(run_dir)
         if values is None:
             raise ConfigError(f"{run_dir} holds no config.yaml: not a run directory of main_exorl.py")

@@ -198,6 +198,13 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stops ``folder`` from being created (``folder`` itself or a parent that is a
+    file, not a folder), or None."""
+    existing = nearest_existing(Path(folder))
+    return None if existing.is_dir() else existing
+
+
 def writable_folder(path: Path) -> bool:
     """Whether ``path`` is a folder this process may create entries in."""
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
@@ -208,7 +215,8 @@ def _check_writable(run_dir: Path) -> None:
     existing = nearest_existing(run_dir)
     if not existing.is_dir():
         raise ConfigError(
-            f"run directory {run_dir}: {existing} is a file, not a folder; choose another --run_dir"
+            f"run directory {run_dir}: {existing} is a file, not a folder; choose another --run_dir "
+            "(or run_root)"
         )
     if not writable_folder(existing):
         raise ConfigError(f"run directory {run_dir}: {existing} is not writable; choose another --run_dir")
