@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"out of memory ({errors.one_line(error)[:160]}); use fewer --rollouts or --z_inference_steps"
                 ) from error
     except KeyboardInterrupt:
-        errors.fail(PROG, "interrupted; nothing was written to the run directory", EXIT_INTERRUPTED)
+        errors.fail(
+            PROG,
+            "interrupted; nothing was written to the run directory: rerun the command to evaluate again",
+            EXIT_INTERRUPTED,
+        )
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def check_args(args: argparse.Namespace) -> None:
         resolve_device(args.device)
     elif urllib.parse.urlsplit(args.base_url).scheme not in ("http", "https"):
         raise ConfigError(
-            f"--base_url {args.base_url!r} is not an http:// or https:// address (default {EXORL_BASE_URL})"
+            f"--base_url {args.base_url!r} is not an http:// or https:// address; accepted: an http(s) URL (default {EXORL_BASE_URL})"
         )
     existing = nearest_existing(Path(args.data_dir))
     if not existing.is_dir():

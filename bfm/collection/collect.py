@@ -219,7 +219,8 @@ def _collect_rnd(
     if done:
         if not state_path.is_file():
             raise DatasetError(
-                f"{folder}: {done} RND episodes but no agent state {AGENT_STATE_FILE}; cannot resume"
+                f"{folder}: {done} RND episodes but no agent state {AGENT_STATE_FILE}, so the collection cannot "
+                "continue; delete the folder to collect again, or reformat the episodes there without --collect"
             )
         state = torch.load(state_path, map_location=device, weights_only=True)
         done = min(done, state["episodes"])  # an episode written after the last agent save is redone

@@ -25,6 +25,7 @@ from bfm.data.exorl import (
     DatasetError,
     read_array_rows,
     read_manifest,
+    remake_advice,
     reward_key,
     select_episodes,
 )
@@ -110,7 +111,10 @@ class SequenceBuffer:
         self.num_episodes, self.rows = obs.shape[0], obs.shape[1]
         self.episode_length = self.rows - 1
         if self.episode_length < 2:
-            raise DatasetError(f"episodes need at least 2 transitions, got {self.episode_length}")
+            raise DatasetError(
+                f"episodes need at least 2 transitions, got {self.episode_length}; collect longer ones "
+                "(exorl_reformatter.py --collect --episode_length N)"
+            )
         self.action_dim = action.shape[-1]
         self.physics = None if physics is None else physics.reshape(-1, physics.shape[-1])  # [E * (T+1), P]
         self.raw_observation = obs.reshape(-1, obs.shape[-1]) if keep_states else None  # [E * (T+1), obs]
@@ -184,7 +188,8 @@ class SequenceBuffer:
         rows = {p["observation"].shape[1] for p in parts}
         if len(rows) > 1:
             raise DatasetError(
-                f"datasets {self.paths} have different episode lengths {sorted(r - 1 for r in rows)}"
+                f"datasets {self.paths} have different episode lengths {sorted(r - 1 for r in rows)}; train on "
+                "datasets of one length (collect the other again with --episode_length)"
             )
         self.manifest = {
             "paths": [str(p) for p in self.paths],
@@ -210,12 +215,14 @@ class SequenceBuffer:
     def _check_manifest(self, path: Path, manifest: dict) -> None:
         if manifest.get("domain") != self.domain:
             raise DatasetError(
-                f"{path} holds {manifest.get('domain')!r} data, but the run's domain is {self.domain!r}"
+                f"{path} holds {manifest.get('domain')!r} data, but the run's domain is {self.domain!r}; "
+                f"{remake_advice(path)}"
             )
         missing = set(self.tasks) - set(manifest.get("tasks", []))
         if missing:
             raise DatasetError(
-                f"{path} has no relabelled rewards for {sorted(missing)}; it has {manifest.get('tasks')}"
+                f"{path} has no relabelled rewards for {sorted(missing)}; it has {manifest.get('tasks')}: "
+                f"evaluate only those (--eval_tasks), or {remake_advice(path)}"
             )
 
     def _check_shapes(self, path: Path, part: dict[str, np.ndarray], take: int) -> None:
@@ -230,11 +237,15 @@ class SequenceBuffer:
                 )
         if action.shape[1] != obs.shape[1]:
             raise DatasetError(
-                f"{path}: action has {action.shape[1]} rows per episode, observation {obs.shape[1]}"
+                f"{path}: action has {action.shape[1]} rows per episode, observation {obs.shape[1]}; "
+                f"{remake_advice(path)}"
             )
         for task in self.tasks:
             if part[reward_key(task)].shape != obs.shape[:2]:
-                raise DatasetError(f"{path}: reward of {task!r} has shape {part[reward_key(task)].shape}")
+                raise DatasetError(
+                    f"{path}: reward of {task!r} has shape {part[reward_key(task)].shape}, expected "
+                    f"{obs.shape[:2]}; {remake_advice(path)}"
+                )
         for key, array in part.items():  # the arrays actually read: numbers, all finite
             if not np.issubdtype(array.dtype, np.floating):
                 raise DatasetError(f"{path}: {key} has dtype {array.dtype}, expected floating point")

@@ -144,7 +144,7 @@ def download(
             logger.warning("download of %s cut at %d bytes (%r); resuming", url, have, e)
             time.sleep(backoff * 2**attempt)
             before = have
-    raise DownloadError(f"{url}: download did not complete")
+    raise DownloadError(f"{url}: download did not complete; rerun the same command to resume it")
 
 
 def _check_member(info: zipfile.ZipInfo, target: Path) -> Path:

@@ -292,7 +292,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
             try:
                 text = np.lib.format.read_array(f, allow_pickle=False)
             except ValueError as e:
-                raise DatasetError(f"{path}: unreadable manifest ({e})") from e
+                raise DatasetError(f"{path}: unreadable manifest ({e}); {remake_advice(path)}") from e
     manifest = json.loads(str(text))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
@@ -371,7 +371,7 @@ def read_array_rows(
     with _open_npz(path) as zf:
         if f"{key}.npy" not in zf.namelist():
             found = sorted(n.removesuffix(".npy") for n in zf.namelist())
-            raise DatasetError(f"{path}: no array {key!r}; found {found}")
+            raise DatasetError(f"{path}: no array {key!r}; found {found}; {remake_advice(path)}")
         try:
             with zf.open(f"{key}.npy") as f:
                 shape, dtype = _read_npy_header(path, key, f)
@@ -428,9 +428,13 @@ def _read_npy_header(path: Path, key: str, f) -> tuple[tuple[int, ...], np.dtype
     )
     shape, fortran, dtype = read_header(f)
     if dtype.hasobject:
-        raise DatasetError(f"{path}: array {key!r} holds pickled objects; not a dataset of this project")
+        raise DatasetError(
+            f"{path}: array {key!r} holds pickled objects; not a dataset of this project; {remake_advice(path)}"
+        )
     if fortran:
-        raise DatasetError(f"{path}: array {key!r} is Fortran-ordered; not written by this project")
+        raise DatasetError(
+            f"{path}: array {key!r} is Fortran-ordered; not written by this project; {remake_advice(path)}"
+        )
     return shape, dtype
 
 
@@ -439,7 +443,7 @@ def _read_exact(path: Path, key: str, f, view: memoryview) -> None:
     while got < len(view):
         chunk = f.readinto(view[got:])
         if not chunk:
-            raise DatasetError(f"{path}: array {key!r} is truncated")
+            raise DatasetError(f"{path}: array {key!r} is truncated; {remake_advice(path)}")
         got += chunk
 
 

@@ -135,7 +135,10 @@ def reformat(
                        folder, episodes, len(all_files), len(files))  # fmt: skip
     out = folder / DATASET_FILE
     if not files:
-        raise DatasetError(f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat")
+        raise DatasetError(
+            f"{folder}: no raw episode files (<prefix>_<index>_<length>.npz) to reformat; put ExORL episode files "
+            "there, or run exorl_reformatter.py to download or --collect them"
+        )
     if delete_raw and len(files) < len(all_files):
         raise DatasetError(
             f"{folder}: delete_raw would delete {len(all_files) - len(files)} raw episodes that the "

@@ -111,7 +111,10 @@ class FeatureReward:
         except PromptError:
             raise
         except Exception as error:  # the user's code: any exception is a bad prompt, named
-            raise PromptError(f"reward {self.source!r} raised {type(error).__name__}: {error}") from error
+            raise PromptError(
+                f"reward {self.source!r} raised {type(error).__name__}: {error}; fix the reward (it gets "
+                "arrays of one value per state)"
+            ) from error
         try:
             out = np.broadcast_to(np.asarray(out, dtype=np.float64), (len(f),))
         except (ValueError, TypeError):
@@ -314,7 +317,10 @@ def file_reward(domain: str, spec: str) -> FeatureReward:
         sys.modules[module_name] = module
         module_spec.loader.exec_module(module)  # type: ignore[union-attr]
     except Exception as error:  # the user's module: report any failure to import it as bad input
-        raise PromptError(f"reward file {path} failed to import: {type(error).__name__}: {error}") from error
+        raise PromptError(
+            f"reward file {path} failed to import: {type(error).__name__}: {error}; fix the file (it is "
+            "imported as a module)"
+        ) from error
     fn = getattr(module, function, None)
     if not callable(fn):
         found = [n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module_name]
@@ -380,7 +386,7 @@ class GoalReward:
         goal = np.asarray(goal_observation, dtype=np.float64).reshape(-1)
         if goal.shape != (DOMAINS[domain].obs_dim,):
             raise PromptError(
-                f"a {domain} goal observation has {DOMAINS[domain].obs_dim} entries, got {goal.shape}"
+                f"a {domain} goal observation must have {DOMAINS[domain].obs_dim} entries, got {goal.shape}"
             )
         if not threshold > 0:
             raise PromptError(f"goal threshold must be > 0, got {threshold}")
@@ -396,7 +402,10 @@ class GoalReward:
 
     def __call__(self, features: np.ndarray, observation: np.ndarray | None = None) -> np.ndarray:
         if observation is None:
-            raise PromptError(f"goal {self.source!r} is scored from observations, not from reward features")
+            raise PromptError(
+                f"goal {self.source!r} is scored from observations, not from reward features; pass the "
+                "observations too"
+            )
         return (self.distance(observation) < self.threshold).astype(np.float64)
 
 

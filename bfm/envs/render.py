@@ -137,7 +137,10 @@ def _run_child(spec: dict, tmp: str, backends: Sequence[str] | None) -> tuple[st
             return backend, [Path(p) for p in done.stdout.split()]
         message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1][:200]
         if done.returncode != EXIT_NO_GL:  # GL worked: the video itself failed
-            raise RenderError(f"rendering failed with MUJOCO_GL={backend}: {message}")
+            raise RenderError(
+                f"rendering failed with MUJOCO_GL={backend}: {message}; try a smaller --video_size, or run "
+                "without --video"
+            )
         failures.append(f"{backend}: {message}")
     raise RenderError(
         f"no usable OpenGL backend for video ({'; '.join(failures)}); install Mesa's EGL (libegl1) or OSMesa "

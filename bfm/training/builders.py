@@ -57,7 +57,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: this machine has no CUDA device; use --device cpu (or auto)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); accepted: cpu, "
+            f"cuda, cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {name!r} is not supported; accepted: auto, cpu, cuda, cuda:N")
     return device

@@ -93,7 +93,9 @@ class TrainedModel:
             )
         values = saved_config(run_dir)
         if values is None:
-            raise ConfigError(f"{run_dir} holds no config.yaml: not a run directory of main_exorl.py")
+            raise ConfigError(
+                f"{run_dir} holds no config.yaml: not a run directory of main_exorl.py; pass a folder it wrote"
+            )
         cfg = run_config_from_dict(values)
         if data_dir is not None:
             cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, data_dir=str(data_dir)))
@@ -170,7 +172,10 @@ class TrainedModel:
         try:
             obs = np.load(path, allow_pickle=False).astype(np.float32)
         except (ValueError, OSError) as error:
-            raise PromptError(f"goal file {path} is not a readable .npy array ({error})") from None
+            raise PromptError(
+                f"goal file {path} is not a readable .npy array ({error}); expected an observation saved "
+                "with numpy.save"
+            ) from None
         dim = envs.DOMAINS[self.base_domain()].obs_dim
         obs = obs[None] if obs.ndim == 1 else obs
         if obs.ndim != 2 or obs.shape[-1] != dim or not np.isfinite(obs).all():
@@ -552,7 +557,7 @@ def evaluation_folder(run_dir: Path, name: str | None, step: int, domain: str) -
     if name:
         if not re.fullmatch(r"\w[\w.-]*", name):
             raise ConfigError(
-                f"--name {name!r}: one folder name of letters, digits, '_', '-', '.' (no '/', not '.' or '..')"
+                f"--name {name!r}: expected one folder name of letters, digits, '_', '-', '.' (no '/', not '.' or '..')"
             )
         return root / name
     base, k = f"step{step}_{domain}", 2
