@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
+
+from bfm.files import disk_full, full_disk_name
 
 EXIT_BAD_INPUT = 2
 TRACEBACK_ENV = "BFM_TRACEBACK"
@@ -89,22 +90,19 @@ def reported(prog: str, *expected: type[BaseException]) -> Iterator[None]:
     ``BFM_TRACEBACK`` is set); anything else propagates with its traceback."""
     try:
         yield
-    except expected as error:
+    except Exception as error:
         if os.environ.get(TRACEBACK_ENV):
             raise
-        fail(prog, str(error) or type(error).__name__)
-    except OSError as error:
-        if error.errno not in DISK_FULL or os.environ.get(TRACEBACK_ENV):
-            raise
-        fail(prog, disk_full_message(error))
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+        if disk_full(error):  # before ``expected``, which may hold OSError
+            fail(prog, disk_full_message(error))
+        if isinstance(error, expected):
+            fail(prog, str(error) or type(error).__name__)
+        raise
 
 
 def disk_full_message(error: OSError) -> str:
     """One line for a write that failed on a full disk or an exhausted quota."""
-    what = "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+    what = full_disk_name(error)
     where = f" while writing {error.filename}" if error.filename else ""
     return (
         f"{what}{where}; what was written before is intact and the partial file was removed: free some space "

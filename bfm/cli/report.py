@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bfm.cli import errors
+from bfm.files import write_text_atomic
 
 PROG = "plot_results.py"
 log = logging.getLogger("plot_results")
@@ -399,7 +400,7 @@ def _main(argv: list[str] | None) -> int:
         text = markdown(rows, args.which)
         if skipped:
             text += "\nLeft out, unreadable: " + "; ".join(skipped) + "\n"
-        (out / "report.md").write_text(text)
+        write_text_atomic(out / "report.md", text)
         plot_curves(rows, out / "learning_curves.png")
         plot_bars(rows, out / "iqm_bars.png")
     print(text)

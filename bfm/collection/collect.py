@@ -23,6 +23,7 @@ from bfm.data.progress import progress
 from bfm.data.reformat import COLLECTION_FILE
 from bfm.envs import DOMAINS, episode_seed, flat_obs, make_env, make_physics
 from bfm.envs.specs import check_domain
+from bfm.files import disk_error, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def collect(
     if len(existing) > total:  # a smaller request than what is there: record what is there
         settings["episodes"], settings["steps"] = len(existing), len(existing) * int(episode_length)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / COLLECTION_FILE).write_text(json.dumps(settings, indent=1))
+    write_text_atomic(folder / COLLECTION_FILE, json.dumps(settings, indent=1))
     done = len(existing)
     if done >= total:
         logger.info("%s already holds %d episodes (%d wanted); nothing to collect", folder, done, total)
@@ -252,13 +253,17 @@ def _collect_rnd(
         write_episode(folder, index, episode)
         replay.add(episode)
         tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
+        try:
+            state = {
                 "agent": agent.state_dict(),
                 "rng": rng.bit_generator.state,
                 "step": step,
                 "episodes": index + 1,
-            },
-            tmp,
-        )
-        os.replace(tmp, state_path)
+            }
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as error:  # torch's writer reports a full disk as "file write failed"
+                raise disk_error(error, state_path) from error
+            os.replace(tmp, state_path)
+        finally:  # a full disk or Ctrl-C: the previous state stays, no partial one
+            tmp.unlink(missing_ok=True)

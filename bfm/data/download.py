@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bfm.data.exorl import DatasetError
 from bfm.data.progress import progress
+from bfm.files import disk_full, full_disk_name, writing
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,11 @@ def download(
             ) from e
         except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             have = part.stat().st_size if part.exists() else 0
+            if disk_full(e):  # not a cut connection: no retry
+                raise DownloadError(
+                    f"{full_disk_name(e)} while writing {part}; the {have} bytes written are kept: "
+                    "free some space (or use another --data_dir) and rerun the same command to resume"
+                ) from e
             silent = silent + 1 if isinstance(e, TimeoutError) and have == before else 0
             kept = (
                 f"{have} bytes kept in {part}, rerun the same command to resume"
@@ -196,7 +202,7 @@ def extract_archive(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
                 try:
-                    with zf.open(info) as src, open(tmp, "wb") as dst:
+                    with writing(path), zf.open(info) as src, open(tmp, "wb") as dst:
                         while chunk := src.read(_CHUNK):
                             dst.write(chunk)
                     os.replace(tmp, path)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bfm.files import writing
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -143,7 +145,7 @@ def write_episode(folder: str | os.PathLike, index: int, episode: dict[str, np.n
     path = folder / episode_file_name(index, length)
     tmp = folder / f".{path.name}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in EPISODE_KEYS})
         os.replace(tmp, path)
     finally:  # interrupted or failed: no half-written file stays behind
@@ -246,7 +248,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], manife
     _remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with writing(path), open(tmp, "wb") as f:
             np.savez(f, manifest=np.array(json.dumps(manifest, indent=1)), **arrays)
             f.flush()
             os.fsync(f.fileno())

@@ -8,7 +8,9 @@ device sync. Sections follow the metamotivo/ogbench convention: ``train/...``, `
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import logging
 import os
 import secrets
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from bfm.files import writing
 from bfm.training.config import LoggerSettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,16 @@ class CSVWriter:
             rows = self.read()
             self.columns += new
             self._rewrite(rows)
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=self.columns).writerow(row)
+        size = self.path.stat().st_size
+        try:
+            with writing(self.path), self.path.open("a", newline="") as f:
+                f.write(line.getvalue())
+        except BaseException:  # a full disk or Ctrl-C: no partial row stays behind
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise
 
     def read(self) -> list[dict[str, str]]:
         """Every row written so far."""
@@ -64,7 +75,7 @@ class CSVWriter:
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.path.with_suffix(".tmp")
         try:
-            with tmp.open("w", newline="") as f:
+            with writing(self.path), tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=self.columns)
                 writer.writeheader()
                 writer.writerows(rows)

@@ -35,6 +35,7 @@ import torch
 from bfm import envs
 from bfm.envs.prompts import FeatureReward, GoalReward, PromptError, parse_reward
 from bfm.envs.render import Recording, check_gl, render
+from bfm.files import writing
 from bfm.training import builders
 from bfm.training.checkpoint import CHECKPOINT_DIR, checkpoint_problem, load_agent, resume_point
 from bfm.training.config import ConfigError, RunConfig, run_config_from_dict, validate_names
@@ -507,8 +508,10 @@ class Evaluation:
         created = not folder.parent.exists()
         tmp.mkdir(parents=True)
         try:
-            (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=2))
-            self._write_episodes(tmp / "episodes.csv")
+            with writing(folder / "results.json"):
+                (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=2))
+            with writing(folder / "episodes.csv"):
+                self._write_episodes(tmp / "episodes.csv")
             written = render(recordings, tmp / "videos", *video_size) if recordings else []
             if folder.exists():
                 shutil.rmtree(folder)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -31,6 +30,7 @@ import torch
 
 from bfm.agents.seeds import SeedBatch
 from bfm.data.progress import progress
+from bfm.files import write_text_atomic
 from bfm.training.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from bfm.training.config import RunConfig
 from bfm.training.evaluation import EvalResult, Evaluator
@@ -298,13 +298,7 @@ class Trainer:
         out = []
         for run in self.runs:
             results = build_results(run.cfg, run.logger.eval_csv.read(), run.provenance, step)
-            path = run.run_dir / RESULTS_FILE
-            tmp = path.with_suffix(".tmp")
-            try:
-                tmp.write_text(json.dumps(results, indent=2))
-                os.replace(tmp, path)
-            finally:  # a full disk or Ctrl-C leaves the previous results.json and no partial file
-                tmp.unlink(missing_ok=True)
+            write_text_atomic(run.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
             out.append(results)
         return out
 

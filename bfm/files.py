@@ -1,0 +1,60 @@
+"""Writing files: the one place that knows which OSErrors mean a full disk."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed on a full disk or an exhausted quota."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
+
+def full_disk_name(error: OSError) -> str:
+    """What ran out, in words: the device's space or the user's quota."""
+    return "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Names ``path`` in a full-disk OSError raised inside (``write()`` raises ENOSPC without a file
+    name, a temporary file's name means nothing to the user), so the error line says which file it
+    was."""
+    try:
+        yield
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        raise OSError(error.errno, error.strerror, os.fspath(path)) from error
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces ``path`` with ``text`` whole: written to a temporary name, then renamed, so a full
+    disk or Ctrl-C leaves the previous file and no partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with writing(path):
+            tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def disk_error(error: Exception, path: Path) -> BaseException:
+    """torch's "file write failed" as the OSError it is (ENOSPC) when the disk holding ``path`` is
+    full, so that it is reported as a full disk; else ``error`` itself."""
+    try:
+        full = shutil.disk_usage(path.parent).free < 1 << 20  # the folder of the file exists by then
+    except OSError:
+        full = False
+    if full or "No space left" in str(error) or "StorageFull" in str(error):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return error
