@@ -292,22 +292,3 @@ def test_b_learning_rate_follows_f_unless_set(lr_b, expected):
     agent = make_agent("fb", OBS, GOAL, ACT, config)
     forward, backward = agent.fb_optimizer.param_groups
     assert forward["lr"] == 3e-4 and backward["lr"] == expected
-
-
-def test_agent_saved_in_the_earlier_flat_layout_loads(tmp_path) -> None:
-    """agent.json files written before MemoryConfig kept memory_type, history_length, ... and the
-    generator seed beside the other fields."""
-    import json
-
-    agent = make_agent("fb_m", OBS, GOAL, ACT, small_config("fb_m", memory={"name": "s4d"}), seed=3)
-    save_agent(tmp_path / "ckpt", agent)
-    meta = json.loads((tmp_path / "ckpt" / "agent.json").read_text())
-    config = meta["config"]
-    memory = config.pop("memory")
-    config.update(
-        memory_type=memory["name"], memory_settings=memory["settings"], seed=meta.pop("seed"), batch_size=64
-    )
-    config.update({k: memory[k] for k in ("model_dimension", "history_length", "backward_history_length")})
-    (tmp_path / "ckpt" / "agent.json").write_text(json.dumps(meta))
-    loaded = load_agent(tmp_path / "ckpt")
-    assert loaded.config == agent.config and loaded.seed == 3

@@ -56,6 +56,12 @@ class FakeBuffer:
     def sample(self, batch_size: int, hilp: bool = False) -> Any:
         return torch.rand(batch_size, generator=self.generator)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
 
 class FakeAgent:
     """Records what the evaluator feeds it; its loss turns NaN / it raises SIGINT at given steps."""

@@ -1,5 +1,13 @@
-"""What FB and HILP agents share: acting (sliding window and carried state), task inference
-plumbing, checkpoints of state, and the ``inference`` decorator (no_grad + eval mode)."""
+"""What FB and HILP agents share.
+
+- ``AgentBase``: the random draws of one update (``draws``), the update itself (the ``Stage``
+  optimiser steps in order, then the Polyak targets), the terms both losses use (next policy,
+  target F / psi, the actor's Q), acting and task inference through the model, and the state dict
+  a checkpoint holds (networks, targets, optimizers, generator);
+- ``InferenceMixin``: the models' acting (sliding window and carried state) and goal windows
+  encoded in chunks;
+- the ``inference`` decorator (no_grad + eval mode) and ``optimizer_params``.
+"""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class MemoryConfig:
 
 @dataclass
 class RepresentationConfig:
-    """Settings shared by FB and HILP (defaults: the paper's; README, "Algorithms").
+    """Settings shared by FB and HILP (defaults: the paper's; docs/algorithms.md).
 
     Attributes:
         name: the algorithm: fb or fb_m (``FBConfig``), hilp or hilp_m (``HILPConfig``).
@@ -241,33 +241,3 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
             except SettingError as error:
                 raise SettingError(f"{name}.{error.field}", f"{name}.{error}") from None
     return cls(**kwargs)
-
-
-# Flat agent fields of configs saved before the memory settings moved into ``MemoryConfig``.
-_FLAT_MEMORY_FIELDS = {
-    "memory_type": "name",
-    "memory_type_F": "name_F",
-    "memory_type_B": "name_B",
-    "memory_type_actor": "name_actor",
-    "model_dimension": "model_dimension",
-    "history_length": "history_length",
-    "backward_history_length": "backward_history_length",
-    "memory_settings": "settings",
-}
-
-
-def upgrade_flat(values: dict[str, Any]) -> dict[str, Any]:
-    """An agent config dict in the current layout, from one saved in the earlier flat layout
-    (``memory_type``, ``history_length``, ... beside the other fields; ``batch_size`` and ``seed``
-    kept for the record). A dict in the current layout comes back unchanged."""
-    if not any(key in values for key in (*_FLAT_MEMORY_FIELDS, "batch_size", "seed")):
-        return values
-    values = dict(values)
-    memory = dict(values.get("memory") or {})
-    for old, new in _FLAT_MEMORY_FIELDS.items():
-        if old in values:
-            memory[new] = values.pop(old)
-    values.pop("batch_size", None)
-    values.pop("seed", None)
-    values["memory"] = memory
-    return values

@@ -1,4 +1,7 @@
-"""Networks shared by FB and HILP: preprocessors, F / psi, B / phi, the policy, action noise.
+"""Networks shared by FB and HILP: the preprocessor MLP, F / psi (``ForwardMap``, with its fused
+``TwinHead``), B / phi (``BackwardMap``), the policy (``Actor``), the training action noise
+(``sample_action``), HILP's feature centring (``FeatureCentring``), and ``build_forward`` /
+``build_backward`` / ``build_actor``, which build them from an agent config.
 
 Every network takes *windows* (oldest row first) so that the same call works with and without
 memory: a memory-free network reads only the last row, a memory network encodes the whole window
@@ -8,8 +11,9 @@ with its own memory model (``memory.make_memory``). Token pairings (``data.batch
 - pi: tokens (o_k, a_{k-1}), each observation with the action that led to it;
 - B / phi: tokens (g_k, a_k), g the B-stream observation, a_k the action taken at g_k.
 
-Widths follow the official code (enjeeneer/bfms-with-memory): 512-wide preprocessors
-(Linear -> LayerNorm -> tanh -> Linear -> ReLU), 1024-wide F heads and actor trunk.
+The widths come from the config (``hidden_dim``, ``head_hidden_dim``); its defaults follow the
+official code (enjeeneer/bfms-with-memory): 512-wide preprocessors (Linear -> LayerNorm -> tanh ->
+Linear -> ReLU), 1024-wide F heads and actor trunk.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class HistoryNetwork(nn.Module):
         z_dim: d.
         recurrent: use a memory model over the window.
         memory_type, model_dimension, context_length, memory_settings: memory model settings.
-        hidden_dim: preprocessor / memory summary width (512).
+        hidden_dim: preprocessor / memory summary width (512 in the paper).
     """
 
     memoryless_reads_action: bool
@@ -124,11 +128,11 @@ class HistoryNetwork(nn.Module):
         z_dim: int,
         *,
         recurrent: bool,
-        memory_type: str = "gru",
-        model_dimension: int | None = None,
-        context_length: int = 32,
-        memory_settings: dict[str, dict[str, Any]] | None = None,
-        hidden_dim: int = 512,
+        memory_type: str,
+        model_dimension: int | None,
+        context_length: int,
+        memory_settings: dict[str, dict[str, Any]] | None,
+        hidden_dim: int,
     ) -> None:
         super().__init__()
         self.recurrent, self.hidden_dim = recurrent, hidden_dim
@@ -187,19 +191,20 @@ class HistoryNetwork(nn.Module):
 class ForwardMap(HistoryNetwork):
     """F(h, a, z) (and HILP's psi): history features ++ preprocessor(o_t ++ z) -> two heads.
 
-    With memory, the history features are a memory model over the (o_k, a_k) tokens (512); without,
-    preprocessor(o_t ++ a_t) (512). Both heads share the trunk (as in the reference code).
+    With memory, the history features are a memory model over the (o_k, a_k) tokens; without,
+    preprocessor(o_t ++ a_t) (both ``hidden_dim`` wide). Both heads share the trunk (as in the
+    reference code).
 
     Args:
         obs_dim, action_dim, z_dim: widths.
-        head_hidden_dim: head hidden width (1024).
+        head_hidden_dim: head hidden width (1024 in the paper).
         **settings: the ``HistoryNetwork`` settings (recurrent, memory settings, hidden_dim).
     """
 
     memoryless_reads_action = True
 
     def __init__(
-        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int = 1024, **settings: Any
+        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int, **settings: Any
     ) -> None:
         super().__init__(obs_dim, action_dim, z_dim, **settings)
         self.heads = TwinHead(2 * self.hidden_dim, head_hidden_dim, z_dim)
@@ -225,9 +230,9 @@ class ForwardMap(HistoryNetwork):
 class BackwardMap(nn.Module):
     """B(g-window) (and HILP's phi_k) projected onto the sphere of radius sqrt(d).
 
-    Without memory: g_t -> 512 -> LayerNorm -> tanh -> 512 -> ReLU -> d. With memory: a memory
+    Without memory: g_t -> hidden -> LayerNorm -> tanh -> hidden -> ReLU -> d. With memory: a memory
     model over the (g_k, a_k) tokens whose summary head maps to d, ending in a ReLU when
-    ``memory_output_relu`` (the reference code's quirk, kept by default: B then lies in the
+    ``memory_output_relu`` (the reference code's quirk, the config's default: B then lies in the
     positive orthant). Frame stacking (``mlp``) has one MLP layer here, as in the reference,
     unless ``memory_settings`` set ``num_layers``.
 
@@ -237,7 +242,7 @@ class BackwardMap(nn.Module):
         z_dim: d.
         recurrent: use a memory model over the window.
         memory_type, model_dimension, context_length, memory_settings: memory model settings.
-        hidden_dim: MLP width (512).
+        hidden_dim: MLP width (512 in the paper).
         memory_output_relu: keep the ReLU before the projection in the memory version.
         sphere: project onto the sphere (FB always; HILP phi by default).
     """
@@ -249,13 +254,13 @@ class BackwardMap(nn.Module):
         z_dim: int,
         *,
         recurrent: bool,
-        memory_type: str = "gru",
-        model_dimension: int | None = None,
-        context_length: int = 8,
-        memory_settings: dict[str, dict[str, Any]] | None = None,
-        hidden_dim: int = 512,
-        memory_output_relu: bool = True,
-        sphere: bool = True,
+        memory_type: str,
+        model_dimension: int | None,
+        context_length: int,
+        memory_settings: dict[str, dict[str, Any]] | None,
+        hidden_dim: int,
+        memory_output_relu: bool,
+        sphere: bool,
     ) -> None:
         super().__init__()
         self.recurrent, self.sphere = recurrent, sphere
@@ -291,21 +296,21 @@ class BackwardMap(nn.Module):
 
 
 class Actor(HistoryNetwork):
-    """pi(h, z): history features ++ preprocessor(o_t ++ z) -> 1024 -> ReLU -> |A| -> tanh = mu.
+    """pi(h, z): history features ++ preprocessor(o_t ++ z) -> head_hidden -> ReLU -> |A| -> tanh = mu.
 
     With memory, the history features come from the actor's own memory model over (o_k, a_{k-1})
     tokens; without memory, preprocessor(o_t) (the reference ``ActorModel``).
 
     Args:
         obs_dim, action_dim, z_dim: widths.
-        head_hidden_dim: trunk hidden width (1024).
+        head_hidden_dim: trunk hidden width (1024 in the paper).
         **settings: the ``HistoryNetwork`` settings (recurrent, memory settings, hidden_dim).
     """
 
     memoryless_reads_action = False
 
     def __init__(
-        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int = 1024, **settings: Any
+        self, obs_dim: int, action_dim: int, z_dim: int, *, head_hidden_dim: int, **settings: Any
     ) -> None:
         super().__init__(obs_dim, action_dim, z_dim, **settings)
         self.trunk = nn.Sequential(
@@ -377,8 +382,7 @@ class FeatureCentring(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Shared agent machinery: the config fields FB and HILP have in common, target and gradient
-# helpers, and the acting / inference / state-dict half of an agent.
+# The networks as an agent config sets them up.
 # --------------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,6 @@ with ``weights_only=True``, and RNG states are stored as tensors and plain Pytho
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bfm.agents import make_agent
-from bfm.agents.config import upgrade_flat
+from bfm.files import disk_error
 from bfm.training.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,12 +98,8 @@ def load_agent(directory: str | Path, device: torch.device | str = "cpu") -> Any
         FileNotFoundError: when ``agent.json`` or ``weights.safetensors`` is missing.
     """
     meta = _read_meta(Path(directory))
-    config = meta["config"]
-    seed = meta.get("seed", config.get("seed", 0))  # earlier checkpoints kept it in the config
-    config = upgrade_flat(config)  # and the memory settings beside the other fields
-    agent = make_agent(
-        meta["name"], meta["obs_dim"], meta["goal_dim"], meta["action_dim"], config, device, seed=seed
-    )
+    sizes = meta["obs_dim"], meta["goal_dim"], meta["action_dim"]
+    agent = make_agent(meta["name"], *sizes, meta["config"], device, seed=meta["seed"])
     return restore_agent(agent, directory)
 
 
@@ -128,52 +123,13 @@ def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = T
         modules.setdefault(module, {})[name] = tensor
     state: dict[str, Any] = {"modules": modules, "optimizers": {}}
     if (directory / OPTIMIZERS_FILE).is_file():
-        state.update(_load_torch(directory / OPTIMIZERS_FILE, map_location=torch.device(device)))
+        state.update(
+            torch.load(directory / OPTIMIZERS_FILE, map_location=torch.device(device), weights_only=True)
+        )
     if not restore_generator:
         state.pop("generator", None)
     agent.load_state_dict(state)
     return agent
-
-
-def generator_states(obj: Any, prefix: str = "", depth: int = 2) -> dict[str, Any]:
-    """States of every torch / numpy generator reachable from ``obj``'s attributes.
-
-    Walks public and private attributes (and one level of nested plain objects such as
-    transforms), so buffers and agents need no special API to have their randomness saved.
-
-    Returns:
-        dotted attribute path -> generator state.
-    """
-    states: dict[str, Any] = {}
-    for name, value in vars(obj).items() if hasattr(obj, "__dict__") else []:
-        path = f"{prefix}{name}"
-        if isinstance(value, torch.Generator):
-            states[path] = ("torch", value.get_state())
-        elif isinstance(value, np.random.Generator):
-            states[path] = ("numpy", value.bit_generator.state)
-        elif isinstance(value, np.random.RandomState):
-            states[path] = ("numpy_legacy", _mt19937_state(value.get_state()))
-        elif (
-            depth > 0
-            and not isinstance(value, torch.nn.Module | torch.Tensor | np.ndarray)
-            and hasattr(value, "__dict__")
-        ):
-            states.update(generator_states(value, f"{path}.", depth - 1))
-    return states
-
-
-def set_generator_states(obj: Any, states: dict[str, Any]) -> None:
-    """Restores what :func:`generator_states` captured."""
-    for path, (kind, state) in states.items():
-        target = obj
-        for name in path.split("."):
-            target = getattr(target, name)
-        if kind == "torch":
-            target.set_state(state)
-        elif kind == "numpy":
-            target.bit_generator.state = state
-        else:
-            target.set_state(_mt19937_tuple(state))
 
 
 def global_rng_state() -> dict[str, Any]:
@@ -204,17 +160,10 @@ def _mt19937_state(state: tuple[Any, ...]) -> dict[str, Any]:
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
 
 
-def _mt19937_tuple(state: Any) -> tuple[Any, ...]:
-    """Back to numpy's tuple (also accepts the tuple itself, as checkpoints before held it)."""
-    if isinstance(state, tuple | list):
-        return tuple(state)
+def _mt19937_tuple(state: dict[str, Any]) -> tuple[Any, ...]:
+    """Back to numpy's ``get_state()`` tuple."""
     key = state["key"].numpy().astype(np.uint32)
     return (state["name"], key, state["pos"], state["has_gauss"], state["cached_gaussian"])
-
-
-def _buffer_state(buffer: Any) -> dict[str, Any]:
-    """The buffer's generator states (its own ``state_dict`` when it has one)."""
-    return buffer.state_dict() if hasattr(buffer, "state_dict") else generator_states(buffer)
 
 
 TRAINER_FILE = "trainer.pt"
@@ -270,7 +219,8 @@ def checkpoint_problem(path: Path) -> str | None:
         (TRAINER_FILE, Path(path) / TRAINER_FILE),
     ):
         try:
-            _load_torch(file, mmap=True)  # the structure is read, the tensor data only mapped
+            # the structure is read, the tensor data only mapped
+            torch.load(file, weights_only=True, mmap=True)
         except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as error:
             return f"{name} is unreadable ({str(error).splitlines()[0][:120]})"
     return None
@@ -325,17 +275,6 @@ def set_aside_damaged(point: ResumePoint) -> None:
             log.warning("checkpoint %s: %s; resuming from %s", path, problem, used)
 
 
-def _load_torch(path: Path, map_location: Any = None, mmap: bool = False) -> Any:
-    """``torch.load`` without pickle. trainer.pt files written before the RNG states were stored as
-    tensors hold numpy arrays: only numpy's array reconstruction is allowed for them."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        allowed = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.uint32))]
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-
-
 def save_checkpoint(
     run_dir: Path, step: int, agent: Any, buffer: Any, extra: dict[str, Any] | None = None
 ) -> Path:
@@ -345,7 +284,7 @@ def save_checkpoint(
         run_dir: run directory.
         step: gradient steps done.
         agent: the agent (``save_agent`` writes weights, optimizers and config).
-        buffer: the sequence buffer (its generators are saved).
+        buffer: the sequence buffer (its ``state_dict()``, the states of its generators, is saved).
         extra: more trainer state to restore on resume (tensors and plain Python values).
 
     Returns:
@@ -368,7 +307,7 @@ def save_checkpoint(
             "step": step,
             "device_type": torch.device(agent.device).type,
             "global_rng": global_rng_state(),
-            "buffer_rng": _buffer_state(buffer),
+            "buffer_rng": buffer.state_dict(),
             "extra": extra or {},
         }
         try:
@@ -386,18 +325,6 @@ def save_checkpoint(
     _prune(root, keep=name)
     log.info("checkpoint written: %s", final)
     return final
-
-
-def disk_error(error: Exception, path: Path) -> BaseException:
-    """torch's "file write failed" as the OSError it is (ENOSPC) when the disk holding ``path`` is
-    full, so that it is reported as a full disk; else ``error`` itself."""
-    try:
-        full = shutil.disk_usage(path.parent).free < 1 << 20  # the checkpoint's folder exists by then
-    except OSError:
-        full = False
-    if full or "No space left" in str(error) or "StorageFull" in str(error):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    return error
 
 
 def _prune(root: Path, keep: str) -> None:
@@ -427,9 +354,9 @@ def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
     Returns:
         The trainer state (``step``, ``extra``).
     """
-    state = _load_torch(Path(path) / TRAINER_FILE)
+    state = torch.load(Path(path) / TRAINER_FILE, weights_only=True)
     here = torch.device(agent.device).type
-    same_device = state.get("device_type", here) == here
+    same_device = state["device_type"] == here
     try:
         restore_agent(agent, Path(path) / "agent", restore_generator=same_device)
     except (RuntimeError, KeyError, ValueError) as error:  # another algorithm's or size's weights
@@ -443,15 +370,10 @@ def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
             "checkpoint %s was written on %s, resuming on %s: torch generators reseeded, so batches "
             "differ from an uninterrupted run", path, state["device_type"], here,
         )  # fmt: skip
-        _reseed(agent.generator, state["step"])
-        for name in ("generator", "labelled_generator"):
-            if hasattr(buffer, name):
-                _reseed(getattr(buffer, name), state["step"])
-                buffer_state = {k: v for k, v in buffer_state.items() if k != name}
-    if hasattr(buffer, "load_state_dict"):
-        buffer.load_state_dict(buffer_state)
-    else:
-        set_generator_states(buffer, buffer_state)
+        for generator in (agent.generator, buffer.generator, buffer.labelled_generator):
+            _reseed(generator, state["step"])
+        buffer_state = {k: v for k, v in buffer_state.items() if k not in ("generator", "labelled_generator")}
+    buffer.load_state_dict(buffer_state)  # keeps the generators missing from buffer_state
     global_rng = dict(state["global_rng"])
     if not same_device:
         global_rng.pop("cuda", None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bfm.agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
-from bfm.agents.config import is_memory_free, upgrade_flat
+from bfm.agents.config import is_memory_free
 
 ALGORITHMS: tuple[str, ...] = tuple(AGENTS)
 EPISODE_LENGTH = 1000  # of every ExORL and evaluation episode
@@ -106,7 +106,7 @@ class EnvSettings:
 
 @dataclass
 class TrainSettings:
-    """Training schedule and evaluation protocol (README, "Training and evaluation").
+    """Training schedule and evaluation protocol (docs/training.md).
 
     Attributes:
         learning_steps: gradient steps.
@@ -173,7 +173,7 @@ class RunConfig:
             default: rerunning a command continues it). False refuses to touch a directory
             that already holds a checkpoint.
         seeds: seeds trained together in this process, ``seed`` to ``seed + seeds - 1``, each
-            in the run directory its seed resolves to (README, "Several seeds in one process").
+            in the run directory its seed resolves to (docs/training.md, "Several seeds in one process").
         batch_seeds: update the seeds of a ``seeds > 1`` run as one batched computation
             (``agents.seeds``; equal to separate runs up to rounding); false updates them one
             after another (equal to separate runs exactly).
@@ -236,13 +236,11 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Builds a RunConfig from a plain nested dict (a resolved hydra config or a saved one).
 
     Keys outside the schema (hydra's own, ``experiment``) are ignored at the top level and
-    rejected inside the groups. Configs saved in the earlier layout (a top-level ``memory``
-    group, ``agent.overrides``) are read too.
+    rejected inside the groups.
 
     Raises:
         ConfigError: an unknown key or a value out of range, naming its dotted key.
     """
-    values = _upgrade_layout(values)
     groups = {"env": EnvSettings, "train": TrainSettings, "logger": LoggerSettings}
     kwargs: dict[str, Any] = {name: _build(cls, values.get(name), f"{name}.") for name, cls in groups.items()}
     kwargs["agent"] = agent_from_dict(values.get("agent") or {}, kwargs["env"].domain)
@@ -285,19 +283,6 @@ def agent_from_dict(values: dict[str, Any], domain: str) -> FBConfig | HILPConfi
         return make_config(name, values)
     except SettingError as error:  # "<field> must be ...": name the key the user sets
         raise ConfigError("agent." + str(error)) from None
-
-
-def _upgrade_layout(values: dict[str, Any]) -> dict[str, Any]:
-    """A run config dict in the current layout from one saved before the memory group moved into
-    the agent config (top-level ``memory``, agent hyperparameters under ``agent.overrides``)."""
-    if "memory" not in values and "overrides" not in (values.get("agent") or {}):
-        return values
-    values = dict(values)
-    agent = dict(values.get("agent") or {})
-    agent.update(agent.pop("overrides", None) or {})
-    agent["memory"] = {**(values.pop("memory", None) or {}), **(agent.get("memory") or {})}
-    values["agent"] = upgrade_flat(agent)  # memory_settings, memory_type_F, ... among the overrides
-    return values
 
 
 def _choice(value: str, accepted: tuple[str, ...] | list[str], what: str) -> None:

@@ -139,7 +139,7 @@ def check_run_dir(cfg: RunConfig, point: ResumePoint | None = None) -> Path | No
         )
     saved = saved_config(run_dir)
     if saved is not None and point.path is not None:
-        saved = _current_layout(saved)
+        saved = _with_defaults(saved)
         differ = incompatible_keys(saved, cfg.to_dict())
         if differ:
             shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(cfg.to_dict(), k)!r})" for k in differ[:4])
@@ -222,9 +222,9 @@ def _check_writable(run_dir: Path) -> None:
         raise ConfigError(f"run directory {run_dir}: {existing} is not writable; choose another --run_dir")
 
 
-def _current_layout(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config as today's code writes it: earlier layouts upgraded, fields added since
-    then at their defaults (so they do not count as changes). As saved when it cannot be read."""
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added to the config classes since it was written at their
+    defaults, so that they do not count as changes; as saved when it cannot be read."""
     try:
         return run_config_from_dict(saved).to_dict()
     except ConfigError:
