@@ -146,8 +146,47 @@ def test_stream_transforms():
     dyn, rew = make_stream_transforms("walker_dynamics_occluded")
     assert dyn.out_dim == 15 and rew.out_dim == 24 and type(rew) is ObsTransform
     dyn, rew = make_stream_transforms("cheetah_rewards_noise", noise_std=0.1)
-    assert dyn.variant is None and rew.variant == "noise" and rew.std == 0.1
+    assert dyn.variant is None and rew.variant == "noise" and rew.noise_std == 0.1
     dyn, rew = make_stream_transforms("quadruped_flickering", flickering_prob=0.5)
     assert dyn.variant == rew.variant == "flickering"
     dyn, rew = make_stream_transforms("walker")
     assert dyn.variant is None and rew.variant is None
+
+
+def test_a_registered_pomdp_is_a_domain_name_with_its_settings(monkeypatch) -> None:
+    """A new POMDP is one subclass and one registry entry: its name parses as a domain suffix and
+    its setting is validated and applied (config keys and flags: tests/test_cli_input.py)."""
+    from bfm.envs import pomdp
+
+    class Scaled(pomdp.ObsTransform):
+        variant = "scaled"
+        settings = {"scale": pomdp.Setting(2.0, "factor.", "a number > 0", lambda x: x > 0)}
+
+        def _apply(self, obs, rng):
+            return obs * self.scale
+
+    monkeypatch.setitem(pomdp.REGISTRY, "scaled", Scaled)
+    monkeypatch.setattr(pomdp, "VARIANTS", (*pomdp.VARIANTS, "scaled"))
+    monkeypatch.setitem(pomdp.SETTINGS, "scale", Scaled.settings["scale"])
+    assert "walker_rewards_scaled" in valid_domain_names()
+    dyn, rew = make_stream_transforms("walker_dynamics_scaled", scale=3.0, noise_std=0.5)
+    obs = _obs("walker")
+    np.testing.assert_array_equal(dyn(obs, np.random.default_rng(0)), obs * 3)
+    assert type(rew) is ObsTransform and make_transform("scaled", "walker").scale == 2.0
+    with pytest.raises(ValueError, match="scale must be a number > 0, got -1.0"):
+        make_transform("scaled", "walker", scale=-1)
+    with pytest.raises(
+        ValueError, match="unknown POMDP setting\\(s\\) blur; accepted: flickering_prob, noise_std"
+    ):
+        make_transform("noise", "walker", blur=1)
+
+
+def test_every_setting_is_a_config_key_and_a_flag() -> None:
+    from bfm.cli import train
+    from bfm.envs import pomdp
+    from bfm.training.config import EnvSettings, field_help
+
+    for key, setting in pomdp.SETTINGS.items():
+        assert getattr(EnvSettings(), key) == setting.default
+        assert (train.FLAGS[key].key, train.FLAGS[key].kind) == (f"env.{key}", "value")
+        assert setting.doc.rstrip(".") in field_help(f"env.{key}")

@@ -8,13 +8,14 @@ live observations at every evaluation step. Each call draws fresh, independent r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from bfm.envs.specs import DOMAINS, check_domain
 
-VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
 STREAM_PREFIXES: tuple[str, ...] = ("dynamics", "rewards")
 
 # Non-velocity entries kept by the "occluded" variant. Quadruped follows the reference code:
@@ -74,8 +75,44 @@ def parse_domain(name: str) -> DomainSpec:
     raise ValueError(f"unknown domain name {name!r}; valid names: {', '.join(valid_domain_names())}")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One number a transform is configured by: a config key (``env.<key>``) and paper-style flag
+    (``--<key>``) of its own.
+
+    Attributes:
+        default: the paper's value.
+        doc: what it means (the config field's documentation and the flag's help).
+        accepted: the values accepted, in words (for error messages).
+        check: whether a value is accepted.
+    """
+
+    default: float
+    doc: str
+    accepted: str
+    check: Callable[[float], bool]
+
+    def validated(self, key: str, value: float) -> float:
+        """``value`` as a float; ValueError naming ``key`` and what is accepted otherwise."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not self.check(value):
+            raise ValueError(f"{key} must be {self.accepted}, got {value!r}")
+        return value
+
+
+def probability(doc: str) -> Setting:
+    return Setting(0.2, doc, "a probability in [0, 1]", lambda p: 0.0 <= p <= 1.0)
+
+
 class ObsTransform:
-    """Base class: maps observations [..., obs_dim] to [..., out_dim] float32.
+    """Base class and identity: maps observations [..., obs_dim] to [..., out_dim] float32.
+
+    A POMDP is a subclass with a ``variant`` name, its ``settings`` (each becomes the attribute of
+    that name, validated) and ``_apply``; registering it in ``REGISTRY`` makes ``<domain>_<variant>``
+    a domain name and each setting a config key and flag.
 
     Attributes:
         domain: the domain whose observations are transformed.
@@ -84,12 +121,21 @@ class ObsTransform:
         out_dim: last dimension of the output.
     """
 
-    variant: str | None = None
+    variant: ClassVar[str | None] = None
+    settings: ClassVar[dict[str, Setting]] = {}
 
-    def __init__(self, domain: str):
+    def __init__(self, domain: str, **settings: float):
         self.domain = domain
         self.obs_dim = check_domain(domain).obs_dim
         self.out_dim = self.obs_dim
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            raise ValueError(
+                f"{self.variant or 'the identity'} has no setting {', '.join(unknown)}; "
+                f"accepted: {', '.join(self.settings) or 'none'}"
+            )
+        for key, setting in self.settings.items():
+            setattr(self, key, setting.validated(key, settings.get(key, setting.default)))
 
     def __call__(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Transform ``obs`` [..., obs_dim] with fresh draws from ``rng``; the input is not modified.
@@ -112,47 +158,52 @@ class ObsTransform:
         return obs
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(domain={self.domain!r})"
+        values = "".join(f", {key}={getattr(self, key)!r}" for key in self.settings)
+        return f"{type(self).__name__}(domain={self.domain!r}{values})"
 
 
 class Flickering(ObsTransform):
-    """Zeroes the whole observation vector of each step independently with probability ``p``."""
+    """Zeroes the whole observation vector of each step independently with probability ``flickering_prob``."""
 
     variant = "flickering"
-
-    def __init__(self, domain: str, p: float):
-        super().__init__(domain)
-        self.p = _check_probability(p, "flickering_prob")
+    settings = {"flickering_prob": probability("probability that the whole observation is zeroed at a step.")}
+    flickering_prob: float
 
     def _apply(self, obs, rng):
-        keep = rng.random(len(obs)) >= self.p  # [rows]
+        keep = rng.random(len(obs)) >= self.flickering_prob  # [rows]
         return obs * keep[:, None]
 
 
 class Noise(ObsTransform):
-    """Adds i.i.d. Gaussian noise N(0, std^2) to every element."""
+    """Adds i.i.d. Gaussian noise N(0, noise_std^2) to every element."""
 
     variant = "noise"
-
-    def __init__(self, domain: str, std: float):
-        super().__init__(domain)
-        self.std = _check_std(std)
+    settings = {
+        "noise_std": Setting(
+            0.2,
+            "standard deviation of the additive Gaussian observation noise.",
+            "a finite number >= 0",
+            lambda std: std >= 0 and math.isfinite(std),
+        )
+    }
+    noise_std: float
 
     def _apply(self, obs, rng):
-        return obs + np.float32(self.std) * rng.standard_normal(obs.shape, dtype=np.float32)
+        return obs + np.float32(self.noise_std) * rng.standard_normal(obs.shape, dtype=np.float32)
 
 
 class Sensors(ObsTransform):
-    """Zeroes each element of each step independently with probability ``p`` (no persistent failures)."""
+    """Zeroes each element of each step independently with probability ``missing_sensor_prob`` (no
+    persistent failures)."""
 
     variant = "sensors"
-
-    def __init__(self, domain: str, p: float):
-        super().__init__(domain)
-        self.p = _check_probability(p, "missing_sensor_prob")
+    settings = {
+        "missing_sensor_prob": probability("probability that each observation element is zeroed at a step.")
+    }
+    missing_sensor_prob: float
 
     def _apply(self, obs, rng):
-        keep = rng.random(obs.shape) >= self.p  # [rows, obs_dim]
+        keep = rng.random(obs.shape) >= self.missing_sensor_prob  # [rows, obs_dim]
         return obs * keep
 
 
@@ -161,8 +212,8 @@ class Occluded(ObsTransform):
 
     variant = "occluded"
 
-    def __init__(self, domain: str):
-        super().__init__(domain)
+    def __init__(self, domain: str, **settings: float):
+        super().__init__(domain, **settings)
         self.indices = OCCLUDED_INDICES[domain]
         self.out_dim = len(self.indices)
 
@@ -170,47 +221,38 @@ class Occluded(ObsTransform):
         return obs[:, self.indices]
 
 
-def _check_probability(p: float, name: str) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
-    return p
+# The POMDPs, by variant name: a new one is a subclass above and an entry here.
+REGISTRY: dict[str, type[ObsTransform]] = {cls.variant: cls for cls in (Flickering, Noise, Sensors, Occluded)}
+VARIANTS: tuple[str, ...] = tuple(REGISTRY)
+# Every variant's settings by key (the keys are distinct across variants: each is a config key).
+SETTINGS: dict[str, Setting] = {key: s for cls in REGISTRY.values() for key, s in cls.settings.items()}
 
 
-def _check_std(std: float) -> float:
-    std = float(std)
-    if not (std >= 0 and math.isfinite(std)):
-        raise ValueError(f"noise_std must be a finite number >= 0, got {std!r}")
-    return std
-
-
-def make_transform(
-    variant: str | None,
-    domain: str,
-    flickering_prob: float = 0.2,
-    noise_std: float = 0.2,
-    missing_sensor_prob: float = 0.2,
-) -> ObsTransform:
+def make_transform(variant: str | None, domain: str, **settings: float) -> ObsTransform:
     """Build the observation transform of ``variant`` (None: identity) for ``domain``.
 
+    Args:
+        variant: a key of ``REGISTRY``, or None.
+        domain: walker, cheetah or quadruped.
+        **settings: any of ``SETTINGS`` (flickering_prob, noise_std, missing_sensor_prob, ...);
+            each is checked, and those of other variants are ignored (so one set serves every
+            variant).
+
     Raises:
-        ValueError: unknown variant or domain, probability outside [0, 1], negative std.
+        ValueError: unknown variant, domain or setting, or a setting outside its range.
     """
     check_domain(domain)
-    _check_probability(flickering_prob, "flickering_prob")
-    _check_probability(missing_sensor_prob, "missing_sensor_prob")
-    _check_std(noise_std)
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown POMDP setting(s) {', '.join(unknown)}; accepted: {', '.join(SETTINGS)}")
+    for key, value in settings.items():
+        SETTINGS[key].validated(key, value)
     if variant is None:
         return ObsTransform(domain)
-    if variant == "flickering":
-        return Flickering(domain, flickering_prob)
-    if variant == "noise":
-        return Noise(domain, noise_std)
-    if variant == "sensors":
-        return Sensors(domain, missing_sensor_prob)
-    if variant == "occluded":
-        return Occluded(domain)
-    raise ValueError(f"unknown POMDP variant {variant!r}; valid variants: None, {', '.join(VARIANTS)}")
+    if variant not in REGISTRY:
+        raise ValueError(f"unknown POMDP variant {variant!r}; valid variants: None, {', '.join(VARIANTS)}")
+    cls = REGISTRY[variant]
+    return cls(domain, **{key: value for key, value in settings.items() if key in cls.settings})
 
 
 def make_stream_transforms(name: str, **settings: float) -> tuple[ObsTransform, ObsTransform]:
@@ -218,7 +260,7 @@ def make_stream_transforms(name: str, **settings: float) -> tuple[ObsTransform, 
 
     Args:
         name: a DOMAIN string accepted by ``parse_domain``.
-        **settings: flickering_prob, noise_std, missing_sensor_prob (as in ``make_transform``).
+        **settings: POMDP settings (``SETTINGS``), as in ``make_transform``.
     """
     spec = parse_domain(name)
     corrupted = make_transform(spec.variant, spec.domain, **settings)
