@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from bfm.cli import train as main_exorl
-from bfm.training.config import ConfigError, run_config_from_dict
+from bfm.training.config import run_config_from_dict
+from bfm.training.run import check
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_defaults_are_the_paper_settings(data_dir: Path) -> None:
     (values,) = main_exorl.compose_jobs(
         ["agent=fb_m", "env.domain=walker_flickering", "env.dataset=rnd"], False
     )
-    cfg = main_exorl.check_job({**values, "env": {**values["env"], "data_dir": str(data_dir)}})
+    cfg = check(run_config_from_dict({**values, "env": {**values["env"], "data_dir": str(data_dir)}}))
     memory = cfg.agent.memory
     assert (memory.name, memory.history_length, memory.backward_history_length) == ("gru", 32, 8)
     assert memory.model_dimension == 512  # configs/memory/gru.yaml: the GRU's own default
@@ -420,12 +421,14 @@ def test_flag_help_is_the_config_field_documentation_and_default() -> None:
     )
 
 
-def test_run_dir_saved_in_the_earlier_layout_still_resumes(
+def test_run_dir_saved_before_a_field_was_added_still_resumes(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """config.yaml files written before the memory group moved into the agent config (top-level
-    ``memory``, agent hyperparameters under ``agent.overrides``) read as the same config."""
+    """A config.yaml that lacks a field added to the config classes since (here env.verify_checksums
+    and env.pad_with_zeros) reads with those fields at their defaults: the run resumes; a changed
+    value is still refused."""
     from bfm.training import run_dir as rd
+    from bfm.training.config import ConfigError
 
     main_exorl.register_configs()
     overrides = [
@@ -437,28 +440,15 @@ def test_run_dir_saved_in_the_earlier_layout_still_resumes(
     ]
     (values,) = main_exorl.compose_jobs(overrides, False)
     cfg = run_config_from_dict(values)
-    agent = cfg.to_dict()["agent"]
-    memory = agent.pop("memory")
-    old = {
-        **cfg.to_dict(),
-        "memory": {
-            k: memory[k] for k in ("name", "model_dimension", "history_length", "backward_history_length")
-        },
-    }
-    old["agent"] = {
-        "name": agent.pop("name"),
-        "recurrent_F": agent.pop("recurrent_F"),
-        "recurrent_B": agent.pop("recurrent_B"),
-        "overrides": {**agent, "memory_settings": memory["settings"]},
-    }
-    assert run_config_from_dict(old) == cfg
+    saved = cfg.to_dict()
+    del saved["env"]["verify_checksums"], saved["env"]["pad_with_zeros"]
     (tmp_path / "checkpoints" / "step_000000003").mkdir(parents=True)
     (tmp_path / "checkpoints" / "latest").write_text("step_000000003")
     monkeypatch.setattr("bfm.training.checkpoint.checkpoint_problem", lambda path: None)  # taken as intact
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert rd.check_run_dir(cfg) == tmp_path / "checkpoints" / "step_000000003"
-    old["memory"]["history_length"] = 4
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    saved["agent"]["memory"]["history_length"] = 4
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match=r"agent.memory.history_length \(4 -> 8\)"):
         rd.check_run_dir(cfg)
 

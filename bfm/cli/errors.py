@@ -84,6 +84,20 @@ def one_line(message: object) -> str:
     return " ".join(line.strip() for line in str(message).strip().splitlines() if line.strip())
 
 
+def composition_error(error: BaseException) -> str:
+    """A hydra composition error on one line: its first line with the options it lists, or its cause."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if "Available options" in str(error):
+        cut = lines.index("Config search path:") if "Config search path:" in lines else len(lines)
+        options = [o for o in lines[2:cut] if not o.startswith("base_")]
+        return f"{first}; accepted: {', '.join(options)}"
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip():
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first.rstrip(".")
+
+
 @contextlib.contextmanager
 def reported(prog: str, *expected: type[BaseException]) -> Iterator[None]:
     """Turns the ``expected`` exceptions raised inside into :func:`fail` (unless

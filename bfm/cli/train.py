@@ -18,7 +18,6 @@ about 3 s (the choices and help texts come from the registries and the config cl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -28,11 +27,11 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
@@ -45,12 +44,10 @@ from bfm import agents, envs
 from bfm.agents import MEMORY_TYPES
 from bfm.cli import errors
 from bfm.data.exorl import DatasetError
-from bfm.training import builders, run_dir
 from bfm.training import config as tc
-from bfm.training.checkpoint import global_rng_state, resume_point
-from bfm.training.config import ALGORITHMS, POMDP_VARIANTS, ConfigError, RunConfig, memory_label
-from bfm.training.logger import MetricLogger
-from bfm.training.trainer import NonFiniteLossError, SeedRun, Trainer, seed_everything
+from bfm.training.config import ALGORITHMS, ConfigError, RunConfig, memory_label
+from bfm.training.run import check, format_summary, train
+from bfm.training.trainer import NonFiniteLossError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
@@ -59,46 +56,69 @@ EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("main_exorl")
 
-# flag -> (hydra key, kind). kind: value (key=value, quoted when needed), list (key=[a,b]),
-# group (a config group option, already checked by _check_choices; a comma list sweeps with -m),
-# logger (the logger group: wandb when the flag is on, csv when off).
-FLAG_OVERRIDES: dict[str, tuple[str, str]] = {
-    "memory_type": ("memory", "group"),
-    "history_length": ("agent.memory.history_length", "value"),
-    "backward_history_length": ("agent.memory.backward_history_length", "value"),
-    "model_dimension": ("agent.memory.model_dimension", "value"),
-    "recurrent_F": ("agent.recurrent_F", "value"),
-    "recurrent_B": ("agent.recurrent_B", "value"),
-    "eval_tasks": ("env.eval_tasks", "list"),
-    "flickering_prob": ("env.flickering_prob", "value"),
-    "noise_std": ("env.noise_std", "value"),
-    "missing_sensor_prob": ("env.missing_sensor_prob", "value"),
-    "train_multipliers": ("env.train_multipliers", "list"),
-    "eval_multipliers": ("env.eval_multipliers", "list"),
-    "episodes": ("env.episodes", "value"),
-    "episode_selection": ("env.episode_selection", "value"),
-    "data_dir": ("env.data_dir", "value"),
-    "learning_steps": ("train.learning_steps", "value"),
-    "batch_size": ("train.batch_size", "value"),
-    "eval_frequency": ("train.eval_frequency", "value"),
-    "eval_rollouts": ("train.eval_rollouts", "value"),
-    "z_inference_steps": ("train.z_inference_steps", "value"),
-    "rollout_memory": ("train.rollout_memory", "value"),
-    "seed": ("seed", "value"),
-    "seeds": ("seeds", "value"),
-    "device": ("device", "value"),
-    "run_dir": ("run_dir", "value"),
-    "wandb": ("logger", "logger"),
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A paper-style flag: the config key it sets and how.
+
+    Attributes:
+        key: the hydra key (or config group) it sets.
+        kind: value (key=value, quoted when needed), list (key=[a,b]), group (a config group option,
+            checked by ``_check_choices``; a comma list sweeps with -m), logger (the logger group:
+            wandb when the flag is on, csv when off).
+        type: argparse type of a value (None: text).
+        many: takes one or more values.
+        boolean: ``--x`` / ``--no-x``.
+        help: help text; None: the config field's documentation and default.
+        aliases: other spellings.
+    """
+
+    key: str
+    kind: str = "value"
+    type: Callable[[str], Any] | None = None
+    many: bool = False
+    boolean: bool = False
+    help: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+# Every flag, in --help order; the POMDP settings come from the POMDP registry.
+FLAGS: dict[str, Flag] = {
+    "memory_type": Flag(
+        "memory",
+        "group",
+        help=f"{', '.join(MEMORY_TYPES)} (default {agents.MemoryConfig.name}; mlp: frame stacking)",
+    ),
+    "history_length": Flag("agent.memory.history_length", type=int),
+    "backward_history_length": Flag("agent.memory.backward_history_length", type=int),
+    "model_dimension": Flag("agent.memory.model_dimension", type=int),
+    "recurrent_F": Flag("agent.recurrent_F", boolean=True, help="memory in F and pi"),
+    "recurrent_B": Flag("agent.recurrent_B", boolean=True, help="memory in B"),
+    "eval_tasks": Flag("env.eval_tasks", "list", many=True, aliases=("--eval_task",)),
+    **{key: Flag(f"env.{key}", type=float) for key in envs.pomdp.SETTINGS},
+    "train_multipliers": Flag("env.train_multipliers", "list", type=float, many=True),
+    "eval_multipliers": Flag("env.eval_multipliers", "list", type=float, many=True),
+    "learning_steps": Flag("train.learning_steps", type=int),
+    "batch_size": Flag("train.batch_size", type=int),
+    "episodes": Flag("env.episodes", type=int),
+    "episode_selection": Flag("env.episode_selection"),
+    "eval_frequency": Flag("train.eval_frequency", type=int),
+    "eval_rollouts": Flag("train.eval_rollouts", type=int),
+    "z_inference_steps": Flag("train.z_inference_steps", type=int),
+    "rollout_memory": Flag("train.rollout_memory"),
+    "seed": Flag("seed", type=int),
+    "seeds": Flag("seeds", type=errors.int_at_least(1)),
+    "device": Flag("device", help="auto (default), cpu, cuda, cuda:N"),
+    "data_dir": Flag("env.data_dir"),
+    "run_dir": Flag(
+        "run_dir", help="run directory (default runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>)"
+    ),
+    "wandb": Flag("logger", "logger", boolean=True, help="log to wandb (offline mode without an account)"),
 }
 
 
-def _flag_help(flag: str) -> str:
-    """A flag's help: the documentation and default of the config field it sets."""
-    return tc.field_help(FLAG_OVERRIDES[flag][0]).replace("%", "%%")
-
-
 def build_parser() -> errors.Parser:
-    """The paper-style command line (the official code's flags); defaults live in bfm/configs/."""
+    """The paper-style command line (``FLAGS``: the official code's flags); defaults live in bfm/configs/."""
     p = errors.Parser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
@@ -108,61 +128,17 @@ def build_parser() -> errors.Parser:
     p.add_argument("algorithm", help=f"{', '.join(ALGORITHMS)} (fb and hilp are memory-free)")
     p.add_argument(
         "domain",
-        help=f"{', '.join(DOMAIN_NAMES)}, optionally {'/'.join('_' + v for v in POMDP_VARIANTS)} or _dynamics_X/_rewards_X",
+        help=f"{', '.join(DOMAIN_NAMES)}, optionally {'/'.join('_' + v for v in envs.VARIANTS)} or _dynamics_X/_rewards_X",
     )
     p.add_argument("dataset", help="ExORL exploration algorithm of the dataset (rnd, random, proto, ...)")
-    p.add_argument(
-        "--memory_type",
-        help=f"{', '.join(MEMORY_TYPES)} (default {agents.MemoryConfig.name}; mlp: frame stacking)",
-    )
-    p.add_argument(
-        "--history_length",
-        type=int,
-        help=_flag_help("history_length"),
-    )
-    p.add_argument(
-        "--backward_history_length",
-        type=int,
-        help=_flag_help("backward_history_length"),
-    )
-    p.add_argument("--model_dimension", type=int, help=_flag_help("model_dimension"))
-    p.add_argument(
-        "--recurrent_F", action=argparse.BooleanOptionalAction, default=None, help="memory in F and pi"
-    )
-    p.add_argument("--recurrent_B", action=argparse.BooleanOptionalAction, default=None, help="memory in B")
-    p.add_argument(
-        "--eval_task",
-        "--eval_tasks",
-        dest="eval_tasks",
-        nargs="+",
-        help=_flag_help("eval_tasks"),
-    )
-    for name in ("flickering_prob", "noise_std", "missing_sensor_prob"):
-        p.add_argument(f"--{name}", type=float, help=_flag_help(name))
-    p.add_argument("--train_multipliers", type=float, nargs="+", help=_flag_help("train_multipliers"))
-    p.add_argument("--eval_multipliers", type=float, nargs="+", help=_flag_help("eval_multipliers"))
-    for name in ("learning_steps", "batch_size", "episodes"):
-        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
-    p.add_argument(
-        "--episode_selection",
-        help=_flag_help("episode_selection"),
-    )
-    for name in ("eval_frequency", "eval_rollouts", "z_inference_steps"):
-        p.add_argument(f"--{name}", type=int, help=_flag_help(name))
-    p.add_argument("--rollout_memory", help=_flag_help("rollout_memory"))
-    p.add_argument("--seed", type=int, help=_flag_help("seed"))
-    p.add_argument("--seeds", type=errors.int_at_least(1), help=_flag_help("seeds"))
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--data_dir", help=_flag_help("data_dir"))
-    p.add_argument(
-        "--run_dir", help="run directory (default runs/<algorithm>/<domain>/<dataset>/<memory>/seed<seed>)"
-    )
-    p.add_argument(
-        "--wandb",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="log to wandb (offline mode without an account)",
-    )
+    for name, flag in FLAGS.items():
+        options: dict[str, Any] = {"dest": name, "default": None}
+        if flag.boolean:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options.update(type=flag.type, nargs="+" if flag.many else None)
+        help_text = flag.help if flag.help is not None else tc.field_help(flag.key)
+        p.add_argument(*flag.aliases, f"--{name}", help=help_text.replace("%", "%%"), **options)
     p.add_argument(
         "-m",
         "--multirun",
@@ -215,8 +191,8 @@ def translate(argv: list[str]) -> tuple[list[str], bool]:
         f"env.domain={_hydra_value(args.domain)}",
         f"env.dataset={_hydra_value(args.dataset)}",
     ]
-    for name, (key, kind) in FLAG_OVERRIDES.items():
-        value = getattr(args, name)
+    for name, flag in FLAGS.items():
+        value, key, kind = getattr(args, name), flag.key, flag.kind
         if value is None:
             continue
         if kind == "list":
@@ -243,7 +219,7 @@ def _with_flag(message: str) -> str:
     """Names the paper-style flag after a config key that starts a message
     (``agent.memory.history_length (--history_length) must be ...``)."""
     key, _, rest = message.partition(" ")
-    flag = next((f for f, (k, kind) in FLAG_OVERRIDES.items() if k == key and kind == "value"), None)
+    flag = next((name for name, f in FLAGS.items() if f.key == key and f.kind == "value"), None)
     return f"{key} (--{flag}) {rest}" if flag and rest.startswith("must ") else message
 
 
@@ -379,91 +355,16 @@ def expand_seeds(composed: Any) -> list[dict[str, Any]]:
     return out  # type: ignore[return-value]
 
 
-def check_job(values: dict[str, Any]) -> RunConfig:
-    """Everything that can be checked before training: names, numbers, tasks, dataset, run dir.
-
-    Returns:
-        The RunConfig.
-
-    Raises:
-        training.config.ConfigError
-    """
-    cfg = tc.run_config_from_dict(values)
-    tc.validate_names(cfg)
-    builders.resolve_device(cfg.device)
-    setup = builders.make_env(cfg)
-    builders.dataset_paths(cfg, setup.domain)
-    run_dir.check_run_dir(cfg)
-    return cfg
-
-
-def main(cfg: RunConfig | list[RunConfig]) -> list[dict[str, Any]]:
-    """One training run (one config, or one per seed of a ``seeds=K`` run): environment, buffer,
-    agent, logger and evaluator of each seed, then the loop. Returns each seed's results."""
-    cfgs = cfg if isinstance(cfg, list) else [cfg]
-    with contextlib.ExitStack() as locks:  # one run per directory: a second process is refused
-        for c in cfgs:
-            locks.enter_context(run_dir.locked(Path(c.run_dir)))
-        return _run(cfgs)
-
-
-def _run(cfgs: list[RunConfig]) -> list[dict[str, Any]]:
-    first = cfgs[0]
-    points = [resume_point(Path(c.run_dir)) for c in cfgs]  # checks every checkpoint's files once
-    resume_from = run_dir.common_resume(cfgs, points)
-    directories = [run_dir.prepare_run_dir(c, p) for c, p in zip(cfgs, points, strict=True)]
-    if first.torch_threads:
-        torch.set_num_threads(first.torch_threads)
-    device = builders.resolve_device(first.device)
-    setup = builders.make_env(first)
-    runs, buffer = [], None
-    for c, directory in zip(cfgs, directories, strict=True):
-        seed_everything(c.seed)
-        buffer = builders.make_buffer(c, setup, device, like=buffer)
-        agent = builders.make_agent(c, buffer, device)
-        logger = MetricLogger(directory, c.logger, c.to_dict(), run_name=str(c.run_dir))
-        evaluator = builders.make_evaluator(c, setup, buffer, device)
-        provenance = builders.provenance(c, setup, buffer)
-        rng = global_rng_state() if len(cfgs) > 1 else None
-        runs.append(SeedRun(c, agent, buffer, evaluator, logger, provenance, rng))
-    trainer = Trainer.for_seeds(runs, builders.make_seed_batch(first, [r.agent for r in runs]))
-    log.info(
-        "run %s on %s (resume from %s)",
-        ", ".join(map(str, directories)),
-        device,
-        ", ".join(map(str, resume_from)),
-    )
-    results = trainer.run(resume_from)
-    for one in results:
-        print(format_summary(one))
-    return results
-
-
-def format_summary(results: dict[str, Any]) -> str:
-    """The end-of-run table: per task and multiplier, final and best IQM."""
-    lines = [
-        f"\n{results['algorithm']} {results['domain']} {results['dataset']} memory={results['memory']} "
-        f"seed={results['seed']} steps={results['steps']} rollout_memory={results['rollout_memory']}",
-        f"{'task':<16}{'mult':>6}{'final IQM':>12}{'best IQM':>12}{'best at':>10}",
-    ]
-    for task, per_m in results["final"]["iqm"].items():
-        for m, value in per_m.items():
-            best = results["best"]["iqm"][task][m]
-            at = results["best"]["iqm_step"][task][m]
-            lines.append(f"{task:<16}{float(m):>6g}{value:>12.1f}{best:>12.1f}{at:>10}")
-    lines.append(
-        f"{'mean over tasks':<22}{results['final']['mean_iqm']:>12.1f}{results['best']['mean_iqm']:>12.1f}{results['best']['step']:>10}"
-    )
-    return "\n".join(lines)
-
-
 def _task(hydra_cfg: Any) -> list[dict[str, Any]]:
     """Hydra job entry point: plain dataclasses from here on."""
     try:
         with errors.reported(PROG, ConfigError, DatasetError):
             cfgs = [tc.run_config_from_dict(values) for values in expand_seeds(hydra_cfg)]
             try:
-                return main(cfgs)
+                results = train(cfgs)
+                for one in results:
+                    print(format_summary(one))
+                return results
             except (MemoryError, RuntimeError) as error:
                 if not errors.out_of_memory(error):
                     raise
@@ -492,7 +393,7 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         seen: dict[str, int] = {}
         for index, values in enumerate(compose_jobs(overrides, multirun)):
-            cfg = check_job(values)
+            cfg = check(tc.run_config_from_dict(values))
             _check_memory_settings_used(cfg, overrides, multirun)
             if cfg.run_dir in seen:
                 raise ConfigError(_shared_run_dir_message(cfg.run_dir, seen[cfg.run_dir], index, overrides))
@@ -500,7 +401,7 @@ def cli(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         errors.fail(PROG, _with_flag(str(error)))
     except (HydraException, OmegaConfBaseException) as error:  # unknown group option, key, bad value
-        errors.fail(PROG, _unknown_key_message(error, overrides, multirun) or _one_line(error))
+        errors.fail(PROG, _unknown_key_message(error, overrides, multirun) or errors.composition_error(error))
 
     # hydra.main reads its overrides from sys.argv: hydra has no public API that hands a list of
     # overrides to its launchers (joblib, submitit), so the translated command line goes there
@@ -541,7 +442,7 @@ def _check_memory_settings_used(cfg: RunConfig, overrides: list[str], multirun: 
     given = [k for k in keys if k == "memory" or k.startswith("agent.memory.")]
     if not given:
         return
-    flags = {key: flag for flag, (key, _) in FLAG_OVERRIDES.items()}
+    flags = {flag.key: name for name, flag in FLAGS.items()}
     names = ", ".join(f"--{flags[k]}" if k in flags else k for k in given)
     message = (
         f"{names} has no effect for {cfg.agent.name}: it has no memory (F, B and the policy see one step); "
@@ -582,20 +483,6 @@ def _unknown_key_message(error: BaseException, overrides: list[str], multirun: b
     order = nearest + [k for k in accepted if k not in nearest]
     where = f"keys of {known}" if known else "top-level keys"
     return f"unknown config key {key} ({unknown!r} is not a key of {known or 'the config'}); accepted {where}: {', '.join(order)}"
-
-
-def _one_line(error: BaseException) -> str:
-    """Hydra's composition errors, reduced to one line (with the options or the cause)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    first = lines[0] if lines else type(error).__name__
-    if "Available options" in str(error):
-        cut = lines.index("Config search path:") if "Config search path:" in lines else len(lines)
-        options = [o for o in lines[2:cut] if not o.startswith("base_")]
-        return f"{first}; accepted: {', '.join(options)}"
-    cause = error.__cause__ or error.__context__
-    if cause is not None and str(cause).strip():
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return first.rstrip(".")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Builders that turn a RunConfig into the objects of a run: transforms, buffer, agent, evaluator.
 
-Each builder is small and has one job, so ``main_exorl.main`` reads like a table of contents.
+Each builder is small and has one job, so ``bfm.training.run.train`` reads like a table of contents.
 """
 
 from __future__ import annotations
