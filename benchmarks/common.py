@@ -105,7 +105,7 @@ PRESETS = {
     "small": Preset("small", 64, 8, 4, 128),
     # The paper: GRU 512, batch 512, L_F 32, L_B 8.
     "paper": Preset("paper", 512, 32, 8, None),
-    # The CPU preset of README "Learning on a CPU".
+    # The CPU preset of docs/cpu_scale.md.
     "cpu": CpuPreset("cpu", 256, 8, 4, None),
     # Seconds-long runs of every benchmark (the test suite's check that each one runs).
     "tiny": Preset("tiny", 8, 4, 2, 16),

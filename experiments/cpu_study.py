@@ -1,6 +1,6 @@
 """The CPU-scale study: FB, HILP, FB-stack, FB-M, HILP-M and memory ablations on walker and cheetah.
 
-    python experiments/cpu_study.py                      # the default study (README, "Reproducing the paper")
+    python experiments/cpu_study.py                      # the default study (docs/reproducing.md)
     python experiments/cpu_study.py --dry_run            # print the commands only
     python experiments/cpu_study.py --methods hilp hilp_m --domains walker walker_flickering walker_noise
 
@@ -81,7 +81,7 @@ DOMAINS = (
     "cheetah_noise",
 )
 # The default leaves walker_noise out: with it the study took 117 minutes on 2 cores, not
-# the 100 it is sized for (README, "Reproducing the paper"); ``--domains`` with all three adds it.
+# the 100 it is sized for (docs/reproducing.md); ``--domains`` with all three adds it.
 DEFAULT_DOMAINS = ("walker", "walker_flickering")
 
 # The paper's Figure numbers (percent of the same method's fully observed score, IQM).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact command behind every number of the paper's tables (README, "Reproducing the paper"), one line per
+# The exact command behind every number of the paper's tables (docs/reproducing.md), one line per
 # table cell. Each line sweeps the seeds with hydra multirun; add `hydra/launcher=joblib` (local
 # processes) or `hydra/launcher=submitit_slurm_bfm hydra.launcher.partition=<p>` (SLURM, see
 # bfm/configs/hydra/launcher/submitit_slurm_bfm.yaml) to run the seeds in parallel.

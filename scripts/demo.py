@@ -6,7 +6,7 @@ Every step goes through the project's real command lines, so the numbers come fr
 pipeline (about 15 minutes on 2 CPU cores):
 
 1. ``exorl_reformatter.py walker_rnd --collect --explorer cpu``: 50 episodes x 1000 steps of the
-   RND explorer (URLB's algorithm at width 128, see README "Collecting data on a CPU") in the real
+   RND explorer (URLB's algorithm at width 128, see docs/datasets.md, "Collecting on a CPU") in the real
    walker, reformatted with every task reward relabelled from physics and its coverage printed.
 2. ``main_exorl.py fb walker rnd experiment=cpu``: FB at the CPU preset's widths and learning
    rates, evaluated at step 0 and every ``--eval_frequency`` steps with 5 full 1000-step episodes per task.
@@ -37,7 +37,7 @@ TASKS = ("stand", "walk", "run", "flip")
 EPISODES = 50  # about 6 minutes of collection on one core
 LEARNING_STEPS = 15_000
 EVAL_FREQUENCY = 3000
-# A reward the training never named: the torso upside down (README, "Using a trained model").
+# A reward the training never named: the torso upside down (docs/using_a_trained_model.md).
 PROMPT = "headstand = torso_upright < -0.8"
 
 

@@ -1,4 +1,4 @@
-"""Ground-truth checks of FB and HILP on tiny finite MDPs (README, "Algorithms": ground-truth tests).
+"""Ground-truth checks of FB and HILP on tiny finite MDPs (docs/algorithms.md, "Ground-truth tests").
 
 - the project's FB measure loss recovers the closed-form successor measure of a fixed policy;
 - a memory-free FB agent trained offline on uniform grid data, given rewards only through its

@@ -1,4 +1,4 @@
-"""Forward-Backward representations, with or without memory (FB, FB-M; README, "Algorithms").
+"""Forward-Backward representations, with or without memory (FB, FB-M; docs/algorithms.md).
 
 ``FBModel`` holds the online networks F, B, pi and the no-grad inference API (``act``,
 ``act_step``, ``backward``, ``infer_z``); ``FBAgent`` owns the targets, optimizers and ``update``.
@@ -15,7 +15,7 @@ z mixing (``FBConfig.z_mix_goal``): by default the mixed-in rows are the online 
 permuted batch, i.e. rows of the very B that the measure loss uses, computed once per step with
 gradient and detached for z. The paper mixes in B of a randomly permuted batch's goal histories; the
 official code used g_t windows, which costs one more B pass per step for a distribution of goals
-that differs from g_{t+1} only by one step of time (README, "Choices and deviations").
+that differs from g_{t+1} only by one step of time (docs/algorithms.md, "Choices and deviations").
 ``z_mix_goal="current"`` restores that pass.
 """
 

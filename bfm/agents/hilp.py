@@ -1,10 +1,10 @@
-"""HILP with or without memory (HILP, HILP-M; README, "Algorithms").
+"""HILP with or without memory (HILP, HILP-M; docs/algorithms.md).
 
 Temporal-distance features phi (two copies + targets, IQL-style value loss), successor
 features psi over phi, and a policy maximising psi . z. ``HILPModel`` holds the online networks
 and the no-grad inference API; ``HILPAgent`` owns targets, optimizers and ``update``.
 
-Choices (and where they differ from the official code; README, "Choices and deviations"):
+Choices (and where they differ from the official code; docs/algorithms.md, "Choices and deviations"):
 
 - Goals for the phi loss come from the buffer (``Batch.sampled_goal_window``, asked for by
   ``HILPConfig.batch_spec``): the HILP defaults

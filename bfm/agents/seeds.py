@@ -1,4 +1,4 @@
-"""Several seeds of one configuration updated as one batched computation (README, "Several seeds
+"""Several seeds of one configuration updated as one batched computation (docs/training.md, "Several seeds
 in one process").
 
 ``SeedBatch`` takes K agents built as K single-seed runs would build them (each seeded before its

@@ -60,7 +60,7 @@ class RNDConfig:
 
 # Named explorer sizes. ``urlb`` is URLB's (the ExORL datasets were collected with it; seconds per
 # update on a 2-core CPU, so a GPU job); ``cpu`` is sized so that 2 CPU cores collect a learnable
-# walker dataset in well under an hour (measurements: README, "Collecting data on a CPU").
+# walker dataset in well under an hour (measurements: docs/datasets.md, "Collecting on a CPU").
 RND_PRESETS: dict[str, dict[str, Any]] = {
     "urlb": {},
     "cpu": {"hidden_dim": 128, "rnd_rep_dim": 128, "batch_size": 128},

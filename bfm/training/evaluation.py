@@ -1,4 +1,4 @@
-"""Zero-shot evaluation (README, "Training and evaluation").
+"""Zero-shot evaluation (docs/training.md).
 
 For every task, z is inferred once from reward-labelled B-stream windows of the training
 buffer. Then every (task, multiplier, rollout) episode runs in one ``envs.BatchedEvalEnv`` and the
