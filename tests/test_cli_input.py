@@ -147,6 +147,14 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ),
         (["fb_m", "walker", "rnd", "torch_threads=0"], "torch_threads must be >= 1, got 0"),
         (
+            ["fb", "walker_flickering", "rnd", "--flickering_prob", "1.5"],
+            "env.flickering_prob (--flickering_prob) must be a probability in [0, 1], got 1.5",
+        ),
+        (
+            ["fb", "walker_noise", "rnd", "env.noise_std=-1"],
+            "env.noise_std (--noise_std) must be a finite number >= 0",
+        ),
+        (
             ["fb_m", "walker", "rnd", "--device", "gpu"],
             "unknown device 'gpu'; accepted: auto, cpu, cuda, cuda:N",
         ),

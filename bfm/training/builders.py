@@ -66,6 +66,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def pomdp_settings(cfg: RunConfig) -> dict[str, float]:
+    """Every POMDP setting of the run (``env.<key>`` for each key of ``envs.pomdp.SETTINGS``)."""
+    return {key: getattr(cfg.env, key) for key in envs.pomdp.SETTINGS}
+
+
 def make_env(cfg: RunConfig) -> EnvSetup:
     """Parses the domain string and builds the two POMDP stream transforms.
 
@@ -74,12 +79,7 @@ def make_env(cfg: RunConfig) -> EnvSetup:
     """
     try:
         spec = envs.parse_domain(cfg.env.domain)
-        dynamics, rewards = envs.make_stream_transforms(
-            cfg.env.domain,
-            flickering_prob=cfg.env.flickering_prob,
-            noise_std=cfg.env.noise_std,
-            missing_sensor_prob=cfg.env.missing_sensor_prob,
-        )
+        dynamics, rewards = envs.make_stream_transforms(cfg.env.domain, **pomdp_settings(cfg))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     info = envs.DOMAINS[spec.domain]

@@ -24,13 +24,13 @@ from typing import Any
 
 from bfm.agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
 from bfm.agents.config import is_memory_free
+from bfm.envs import pomdp
 
 ALGORITHMS: tuple[str, ...] = tuple(AGENTS)
 EPISODE_LENGTH = 1000  # of every ExORL and evaluation episode
 ROLLOUT_MEMORY_MODES: tuple[str, ...] = ("sliding", "carry")
 # The same as data.exorl.EPISODE_SELECTIONS (a test keeps them equal; config imports no data code).
 EPISODE_SELECTIONS: tuple[str, ...] = ("spread", "first")
-POMDP_VARIANTS: tuple[str, ...] = ("flickering", "noise", "sensors", "occluded")
 # Agent fields whose default depends on the domain (the reference code's per-domain settings):
 # HILP's gamma_phi 0.96 on walker, its scalar successor-feature loss (psi . z) on quadruped. The
 # CLI's schema leaves them None; an explicit agent.<field> wins.
@@ -62,8 +62,8 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class EnvSettings:
-    """Domain, POMDP settings, dataset and evaluation tasks.
+class _EnvSettings:
+    """Domain, dataset and evaluation tasks; ``EnvSettings`` adds each POMDP's settings.
 
     Attributes:
         domain: ``walker``, ``quadruped``, ``cheetah``, optionally with a POMDP suffix
@@ -75,9 +75,6 @@ class EnvSettings:
         episode_selection: which episodes of each dataset: ``spread`` evenly over the whole
             collection (default) or the ``first`` N by episode index (collection order).
         eval_tasks: tasks evaluated zero-shot; empty means every task of the domain.
-        flickering_prob: probability that the whole observation is zeroed at a step.
-        noise_std: standard deviation of the additive Gaussian observation noise.
-        missing_sensor_prob: probability that each observation element is zeroed at a step.
         train_multipliers: mass/damping multipliers of the training dataset(s).
         eval_multipliers: mass/damping multipliers of the evaluation environment(s).
         resample_per_batch: resample the POMDP corruption of the offline data every batch
@@ -94,14 +91,25 @@ class EnvSettings:
     episodes: int = 5000
     episode_selection: str = "spread"
     eval_tasks: list[str] = field(default_factory=list)
-    flickering_prob: float = 0.2
-    noise_std: float = 0.2
-    missing_sensor_prob: float = 0.2
     train_multipliers: list[float] = field(default_factory=lambda: [1.0])
     eval_multipliers: list[float] = field(default_factory=lambda: [1.0])
     resample_per_batch: bool = False
     pad_with_zeros: bool = False
     verify_checksums: bool = True
+
+
+# The env config: the fields above and one per POMDP setting (``envs.pomdp.SETTINGS``: the
+# registry declares them, with their defaults and documentation).
+EnvSettings = dataclasses.make_dataclass(
+    "EnvSettings",
+    [(key, float, field(default=setting.default)) for key, setting in pomdp.SETTINGS.items()],
+    bases=(_EnvSettings,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Domain, POMDP settings, dataset and evaluation tasks.\n\n    Attributes:\n"
+        + "".join(f"        {key}: {setting.doc}\n" for key, setting in pomdp.SETTINGS.items()),
+    },
+)
 
 
 @dataclass
@@ -338,14 +346,11 @@ def validate_names(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    for name, p in (
-        ("flickering_prob", cfg.env.flickering_prob),
-        ("missing_sensor_prob", cfg.env.missing_sensor_prob),
-    ):
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"{name} must be in [0, 1], got {p}")
-    if cfg.env.noise_std < 0:
-        raise ConfigError(f"noise_std must be >= 0, got {cfg.env.noise_std}")
+    for key, setting in pomdp.SETTINGS.items():
+        try:
+            setting.validated(f"env.{key}", getattr(cfg.env, key))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
