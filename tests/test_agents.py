@@ -290,5 +290,5 @@ def test_frame_stacking_depth_follows_the_reference() -> None:
 def test_b_learning_rate_follows_f_unless_set(lr_b, expected):
     config = dict(SMALL, lr_f=3e-4, lr_b=lr_b)
     agent = make_agent("fb", OBS, GOAL, ACT, config)
-    forward, backward = agent.fb_optimizer.param_groups
+    forward, backward = agent.optimizers()["fb"].param_groups
     assert forward["lr"] == 3e-4 and backward["lr"] == expected

@@ -180,7 +180,10 @@ def test_hilp_distances_rank_like_shortest_paths() -> None:
     for _ in range(1200):
         loss, _ = agent.phi_loss(hilp_batch(walks, 256, g))
         optimizer_step(
-            agent.phi_optimizer, loss, optimizer_params(agent.phi_optimizer), agent.config.grad_clamp
+            agent.optimizers()["phi"],
+            loss,
+            optimizer_params(agent.optimizers()["phi"]),
+            agent.config.grad_clamp,
         )
         polyak_update(agent.target_phi, agent.model.phi, agent.config.tau_phi)
     eye = torch.eye(STATES)

@@ -118,7 +118,7 @@ def test_update_has_no_host_sync_on_cuda(name: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(p.device.type == "cuda" for p in agent.model.parameters())
-    assert agent.actor_optimizer.param_groups[0]["fused"]
+    assert agent.optimizers()["actor"].param_groups[0]["fused"]
 
 
 @pytest.mark.parametrize("length", [1, 5])

@@ -85,9 +85,9 @@ def test_each_seed_of_a_batched_update_follows_its_single_seed_run(name: str, me
     # Every other element agrees to rounding.
     bound = 2 * 3 * SMALL["lr_f"] + 1e-5
     for single, member in zip(singles, batched, strict=True):
-        for module in single._modules():
-            want = single._modules()[module].state_dict()
-            have = member._modules()[module].state_dict()
+        for module in single.modules():
+            want = single.modules()[module].state_dict()
+            have = member.modules()[module].state_dict()
             diffs = torch.cat([(have[key] - want[key]).abs().flatten() for key in want])
             assert float(diffs.max()) <= bound, module
             assert float((diffs > 1e-5).float().mean()) < 0.01, module
@@ -103,8 +103,8 @@ def test_optimizer_state_goes_to_the_agents_and_back() -> None:
         group.update(batches)
     group.export_optimizer_state()
     for single, member in zip(singles, batched, strict=True):
-        for key, optimizer in single._optimizers().items():
-            want, have = optimizer.state_dict(), member._optimizers()[key].state_dict()
+        for key, optimizer in single.optimizers().items():
+            want, have = optimizer.state_dict(), member.optimizers()[key].state_dict()
             assert want["param_groups"] == have["param_groups"]
             for index, state in want["state"].items():
                 for entry, value in state.items():

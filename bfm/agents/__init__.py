@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any
 
 import torch
@@ -18,15 +20,22 @@ from bfm.agents.config import MEMORY_TYPES, MemoryConfig, SettingError, from_dic
 from bfm.agents.fb import FBAgent, FBConfig, FBModel
 from bfm.agents.hilp import HILPAgent, HILPConfig, HILPModel
 
+# The algorithms by name: (agent class, config class). A memory-free name and its ``_m`` twin
+# share both; a new algorithm is a module with its agent and config, an entry here and its two
+# yamls in bfm/configs/agent/ (docs/CONTRACTS.md, "A new algorithm").
 AGENTS: dict[str, tuple[type, type]] = {
     "fb": (FBAgent, FBConfig),
     "fb_m": (FBAgent, FBConfig),
     "hilp": (HILPAgent, HILPConfig),
     "hilp_m": (HILPAgent, HILPConfig),
 }
+# Every algorithm's config class (by its memory-free name) and their union, the type of a run's
+# ``agent`` config.
+CONFIGS: dict[str, type] = {name: config for name, (_, config) in AGENTS.items() if not name.endswith("_m")}
+AgentConfig = functools.reduce(operator.or_, CONFIGS.values())
 
 
-def make_config(name: str, config: Any = None) -> FBConfig | HILPConfig:
+def make_config(name: str, config: Any = None) -> AgentConfig:
     """The config dataclass of algorithm ``name`` from None (defaults), a dict or a dataclass.
 
     A dict nests the memory settings (``{"memory": {"name": "gru"}}``). ``name`` is set on the
@@ -78,6 +87,8 @@ def make_agent(
 
 __all__ = [
     "AGENTS",
+    "CONFIGS",
+    "AgentConfig",
     "FBAgent",
     "FBConfig",
     "FBModel",

@@ -21,7 +21,15 @@ from torch import nn
 
 from bfm.agents.config import RepresentationConfig
 from bfm.agents.networks import Actor, State, project_to_sphere, sample_action
-from bfm.agents.optim import last_rows, optimizer_step, polyak_update
+from bfm.agents.optim import (
+    configure_device,
+    last_rows,
+    make_adam,
+    make_target,
+    maybe_compile,
+    optimizer_step,
+    polyak_update,
+)
 from bfm.data.batch import Batch
 
 Metrics = dict[str, torch.Tensor]
@@ -36,7 +44,7 @@ class Stage:
     """One optimiser step of an update.
 
     Attributes:
-        optimizer: key of the optimizer (``AgentBase._optimizers``) that steps on the loss; it
+        optimizer: key of the optimizer (``AgentBase.optimizers``) that steps on the loss; it
             steps every parameter it holds.
         loss: ``(batch, draws, carry) -> (loss, metrics, carry)``, free of random draws and of
             in-place changes to parameters, so that it can run under ``torch.func.vmap`` for
@@ -48,26 +56,72 @@ class Stage:
 
 
 class AgentBase:
-    """The acting half shared by FB and HILP agents; subclasses build ``self.model`` and update.
+    """An agent: its model, target networks, optimizers, generator and update; FB and HILP declare
+    what differs (docs/CONTRACTS.md, "A new algorithm").
 
-    The model must have ``forward_map`` (F or psi, a ``ForwardMap``) and ``actor`` (an ``Actor``)
-    and implement ``infer_z``; the agent must have ``target_forward``.
+    An algorithm declares ``model_class`` (built as ``model_class(obs_dim, goal_dim, action_dim,
+    config)``; it has ``forward_map`` (F or psi, a ``ForwardMap``), ``actor`` (an ``Actor``) and
+    ``infer_z``), ``targets`` (each target network's attribute: the online submodule of the model
+    it follows and the config field of its Polyak rate; one is ``target_forward``), ``compiled``
+    (attribute: the loss method ``agent.compile`` compiles into it), ``optimizer_groups`` and
+    ``stages``.
+
+    Args:
+        obs_dim, goal_dim, action_dim: widths.
+        config: the algorithm's config (``FBConfig``, ``HILPConfig``).
+        device: training device.
+        seed: seed of the agent's own generator (z sampling, action noise, permutations).
     """
 
-    name: str
-    seed: int
-    config: RepresentationConfig
-    model: nn.Module
-    device: torch.device
+    model_class: type[nn.Module]
+    targets: dict[str, tuple[str, str]] = {}
+    compiled: dict[str, str] = {}
+
+    def __init__(
+        self,
+        obs_dim: int,
+        goal_dim: int,
+        action_dim: int,
+        config: RepresentationConfig,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.config, self.device, self.seed = config, torch.device(device), seed
+        self.name = config.name  # the algorithm, stored for checkpoints
+        self.obs_dim, self.goal_dim, self.action_dim = obs_dim, goal_dim, action_dim
+        self.model = self.model_class(obs_dim, goal_dim, action_dim, config).to(self.device)
+        for target, (online, _) in self.targets.items():
+            setattr(self, target, make_target(self.model.get_submodule(online)))
+        configure_device(config, self.device)
+        self._optimizers = {
+            key: make_adam(groups, lr, config, self.device)
+            for key, (groups, lr) in self.optimizer_groups().items()
+        }
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        for attribute, method in self.compiled.items():
+            setattr(self, attribute, maybe_compile(getattr(self, method), config))
+
+    def optimizer_groups(self) -> dict[str, tuple[list[Any], float]]:
+        """Each optimizer's key: (its parameters or parameter groups, its learning rate)."""
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """What the agent owns by key: the model and each target network."""
+        return {"model": self.model, **{target: getattr(self, target) for target in self.targets}}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers by key (the keys of ``optimizer_groups``, which ``Stage.optimizer`` names)."""
+        return dict(self._optimizers)
+
+    def target_pairs(self) -> list[tuple[str, str, float]]:
+        """(target key in ``modules``, online submodule of ``model``, Polyak tau) per target."""
+        return [(target, online, getattr(self.config, tau)) for target, (online, tau) in self.targets.items()]
 
     @property
     def batch_spec(self) -> Any:
         """What this algorithm's training batches hold (``data.batch.BatchSpec``, from its config)."""
         return self.config.batch_spec()
-
-    def _setup_generator(self) -> None:
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(self.seed)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
@@ -98,10 +152,6 @@ class AgentBase:
         """The optimiser steps of one update, in order (subclasses)."""
         raise NotImplementedError
 
-    def target_pairs(self) -> list[tuple[str, str, float]]:
-        """(target module key in ``_modules``, online submodule of ``model``, Polyak tau) per target."""
-        raise NotImplementedError
-
     def update(self, batch: Batch, step: int = 0) -> Metrics:
         """One training step: the draws, each stage's loss and optimiser step, then the Polyak targets.
 
@@ -113,13 +163,13 @@ class AgentBase:
             Metrics as detached 0-d tensors (no host synchronisation), named by stage.
         """
         draws, carry, metrics = self.draws(batch.batch_size), {}, {}
-        optimizers = self._optimizers()
+        optimizers = self.optimizers()
         for stage in self.stages():
             loss, stage_metrics, carry = stage.loss(batch, draws, carry)
             optimizer = optimizers[stage.optimizer]
             optimizer_step(optimizer, loss, optimizer_params(optimizer), self.config.grad_clamp)
             metrics.update(stage_metrics)
-        modules = self._modules()
+        modules = self.modules()
         for target, online, tau in self.target_pairs():
             polyak_update(modules[target], self.model.get_submodule(online), tau)
         return metrics
@@ -182,26 +232,19 @@ class AgentBase:
         """Zero-shot task inference. See the model's ``infer_z``."""
         return self.model.infer_z(goal_window, goal_action_window, reward)
 
-    # Subclasses list what they own.
-    def _modules(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: networks, targets, optimizers, generator state."""
         return {
-            "modules": {k: m.state_dict() for k, m in self._modules().items()},
-            "optimizers": {k: o.state_dict() for k, o in self._optimizers().items()},
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what ``state_dict`` returned (strict)."""
-        for k, m in self._modules().items():
+        for k, m in self.modules().items():
             m.load_state_dict(state["modules"][k])
-        for k, o in self._optimizers().items():
+        for k, o in self.optimizers().items():
             if k in state.get("optimizers", {}):
                 o.load_state_dict(state["optimizers"][k])
         if "generator" in state:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -32,11 +32,7 @@ from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, St
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
-    configure_device,
     last_rows,
-    make_adam,
-    make_target,
-    maybe_compile,
     offdiag_mean,
 )
 from bfm.data.batch import Batch, BatchSpec
@@ -168,69 +164,32 @@ class FBModel(nn.Module, InferenceMixin):
 
 
 class FBAgent(AgentBase):
-    """FB / FB-M training: F/B step on the measure loss, then the actor step, then Polyak targets.
+    """FB / FB-M training: F/B step on the measure loss, then the actor step, then Polyak targets
+    (constructor: ``AgentBase``)."""
 
-    Args:
-        obs_dim, goal_dim, action_dim: widths.
-        config: ``FBConfig``.
-        device: training device.
-        seed: seed of the agent's own generator (z sampling, action noise, permutations).
-    """
+    model_class = FBModel
+    targets = {"target_forward": ("forward_map", "tau"), "target_backward": ("backward_map", "tau")}
+    compiled = {"_fb_loss_fn": "fb_loss", "_actor_loss_fn": "actor_loss"}
+    config: FBConfig
 
-    def __init__(
-        self,
-        obs_dim: int,
-        goal_dim: int,
-        action_dim: int,
-        config: FBConfig,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-    ) -> None:
-        self.config, self.device, self.seed = config, torch.device(device), seed
-        self.name = config.name  # the algorithm, stored for checkpoints
-        self.obs_dim, self.goal_dim, self.action_dim = obs_dim, goal_dim, action_dim
-        self.model = FBModel(obs_dim, goal_dim, action_dim, config).to(self.device)
-        self.target_forward = make_target(self.model.forward_map)
-        self.target_backward = make_target(self.model.backward_map)
-        configure_device(config, self.device)
-        self.fb_optimizer = make_adam(
-            [
-                {"params": list(self.model.forward_map.parameters()), "lr": config.lr_f},
-                {
-                    "params": list(self.model.backward_map.parameters()),
-                    "lr": config.lr_f if config.lr_b is None else config.lr_b,
-                },
-            ],
-            config.lr_f,
-            config,
-            self.device,
-        )
-        self.actor_optimizer = make_adam(
-            list(self.model.actor.parameters()), config.lr_actor, config, self.device
-        )
-        self._setup_generator()
-        self._fb_loss_fn = maybe_compile(self.fb_loss, config)
-        self._actor_loss_fn = maybe_compile(self.actor_loss, config)
-
-    def _modules(self) -> dict[str, nn.Module]:
+    def optimizer_groups(self) -> dict[str, tuple[list[Any], float]]:
+        """F and B in one Adam (B at ``lr_b`` when set), the actor in another."""
+        config, model = self.config, self.model
+        backward_lr = config.lr_f if config.lr_b is None else config.lr_b
         return {
-            "model": self.model,
-            "target_forward": self.target_forward,
-            "target_backward": self.target_backward,
+            "fb": (
+                [
+                    {"params": list(model.forward_map.parameters()), "lr": config.lr_f},
+                    {"params": list(model.backward_map.parameters()), "lr": backward_lr},
+                ],
+                config.lr_f,
+            ),
+            "actor": (list(model.actor.parameters()), config.lr_actor),
         }
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"fb": self.fb_optimizer, "actor": self.actor_optimizer}
 
     def stages(self) -> list[Stage]:
         """The F/B step on the measure loss, then the actor step."""
         return [Stage("fb", self._fb_stage), Stage("actor", self._actor_stage)]
-
-    def target_pairs(self) -> list[tuple[str, str, float]]:
-        return [
-            ("target_forward", "forward_map", self.config.tau),
-            ("target_backward", "backward_map", self.config.tau),
-        ]
 
     goal_needs_state = False  # z of a goal does not depend on the current state
 

@@ -28,7 +28,7 @@ Choices (and where they differ from the official code; docs/algorithms.md, "Choi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,11 +37,7 @@ from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, St
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
-    configure_device,
     last_rows,
-    make_adam,
-    make_target,
-    maybe_compile,
 )
 from bfm.data.batch import Batch, BatchSpec, GoalSampling
 
@@ -157,48 +153,22 @@ class HILPModel(nn.Module, InferenceMixin):
 
 
 class HILPAgent(AgentBase):
-    """HILP / HILP-M training: psi step, phi step, actor step, Polyak targets.
+    """HILP / HILP-M training: psi step, phi step, actor step, Polyak targets (constructor:
+    ``AgentBase``)."""
 
-    Args:
-        obs_dim, goal_dim, action_dim: widths.
-        config: ``HILPConfig``.
-        device: training device.
-        name: hilp or hilp_m, stored for checkpoints.
-    """
+    model_class = HILPModel
+    targets = {"target_forward": ("forward_map", "tau"), "target_phi": ("phi", "tau_phi")}
+    compiled = {"_sf_loss_fn": "sf_loss", "_phi_loss_fn": "phi_loss", "_actor_loss_fn": "actor_loss"}
+    config: HILPConfig
 
-    def __init__(
-        self,
-        obs_dim: int,
-        goal_dim: int,
-        action_dim: int,
-        config: HILPConfig,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-    ) -> None:
-        self.config, self.device, self.seed = config, torch.device(device), seed
-        self.name = config.name  # the algorithm, stored for checkpoints
-        self.obs_dim, self.goal_dim, self.action_dim = obs_dim, goal_dim, action_dim
-        self.model = HILPModel(obs_dim, goal_dim, action_dim, config).to(self.device)
-        self.target_forward = make_target(self.model.forward_map)
-        self.target_phi = make_target(self.model.phi)
-        configure_device(config, self.device)
-        self.psi_optimizer = make_adam(
-            list(self.model.forward_map.parameters()), config.lr_f, config, self.device
-        )
-        self.phi_optimizer = make_adam(list(self.model.phi.parameters()), config.lr_phi, config, self.device)
-        self.actor_optimizer = make_adam(
-            list(self.model.actor.parameters()), config.lr_actor, config, self.device
-        )
-        self._setup_generator()
-        self._sf_loss_fn = maybe_compile(self.sf_loss, config)
-        self._phi_loss_fn = maybe_compile(self.phi_loss, config)
-        self._actor_loss_fn = maybe_compile(self.actor_loss, config)
-
-    def _modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model, "target_forward": self.target_forward, "target_phi": self.target_phi}
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"psi": self.psi_optimizer, "phi": self.phi_optimizer, "actor": self.actor_optimizer}
+    def optimizer_groups(self) -> dict[str, tuple[list[Any], float]]:
+        """psi, phi and the actor each in an Adam of their own."""
+        config, model = self.config, self.model
+        return {
+            "psi": (list(model.forward_map.parameters()), config.lr_f),
+            "phi": (list(model.phi.parameters()), config.lr_phi),
+            "actor": (list(model.actor.parameters()), config.lr_actor),
+        }
 
     def stages(self) -> list[Stage]:
         """The psi step, the phi step, then the actor step."""
@@ -206,12 +176,6 @@ class HILPAgent(AgentBase):
             Stage("psi", self._sf_stage),
             Stage("phi", self._phi_stage),
             Stage("actor", self._actor_stage),
-        ]
-
-    def target_pairs(self) -> list[tuple[str, str, float]]:
-        return [
-            ("target_forward", "forward_map", self.config.tau),
-            ("target_phi", "phi", self.config.tau_phi),
         ]
 
     goal_needs_state = True  # z of a goal is recomputed from the current state at every step

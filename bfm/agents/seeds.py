@@ -57,7 +57,7 @@ class _Stages(nn.Module):
     def __init__(self, template: AgentBase) -> None:
         super().__init__()
         self.template = template
-        self.parts = nn.ModuleDict(template._modules())
+        self.parts = nn.ModuleDict(template.modules())
 
     def forward(self, index: int, batch: dict[str, torch.Tensor], draws: Any, carry: Any) -> Any:
         return self.template.stages()[index].loss(Batch(**batch), draws, carry)
@@ -93,7 +93,7 @@ class SeedBatch:
             self.template = type(first)(
                 first.obs_dim, first.goal_dim, first.action_dim, config, device=first.device, seed=first.seed
             )
-        for part in self.template._modules().values():  # the targets are copies: their own models
+        for part in self.template.modules().values():  # the targets are copies: their own models
             for module in part.modules():
                 if hasattr(type(module), "vmap_friendly"):  # memory models and their parts
                     module.vmap_friendly = True
@@ -108,7 +108,7 @@ class SeedBatch:
 
     def _containers(self) -> list[nn.ModuleDict]:
         """Each agent's modules, named as in ``_Stages`` (``parts.<module>.<parameter>``)."""
-        return [nn.ModuleDict({"parts": nn.ModuleDict(agent._modules())}) for agent in self.agents]
+        return [nn.ModuleDict({"parts": nn.ModuleDict(agent.modules())}) for agent in self.agents]
 
     def _stack(self, named: Any) -> dict[str, torch.Tensor]:
         """One [K, ...] tensor per parameter (or buffer) name; each agent's tensor becomes a view of
@@ -128,7 +128,7 @@ class SeedBatch:
         """One optimizer per template optimizer, over the stacked parameters, same groups and settings."""
         names = {id(p): f"parts.{name}" for name, p in self._stages.parts.named_parameters()}
         stacked = {}
-        for key, optimizer in self.template._optimizers().items():
+        for key, optimizer in self.template.optimizers().items():
             groups = [
                 {
                     **{k: v for k, v in group.items() if k != "params"},
@@ -145,7 +145,7 @@ class SeedBatch:
         for key, stacked in self.optimizers.items():
             params = optimizer_params(stacked)
             for k, agent in enumerate(self.agents):
-                own = agent._optimizers()[key]
+                own = agent.optimizers()[key]
                 for p_stacked, p_own in zip(params, optimizer_params(own), strict=True):
                     state = stacked.state.get(p_stacked)
                     if state:
@@ -155,7 +155,7 @@ class SeedBatch:
         """Stacks the agents' optimizer states into the stacked optimizers (after the agents were
         loaded from checkpoints; their weights arrive through the views)."""
         for key, stacked in self.optimizers.items():
-            owns = [agent._optimizers()[key] for agent in self.agents]
+            owns = [agent.optimizers()[key] for agent in self.agents]
             for i, p_stacked in enumerate(optimizer_params(stacked)):
                 states = [own.state.get(optimizer_params(own)[i]) for own in owns]
                 if not all(states):

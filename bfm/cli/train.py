@@ -248,8 +248,8 @@ def register_configs() -> None:
     cs.store(group="env", name="base_env", node=tc.EnvSettings)
     cs.store(group="train", name="base_train", node=tc.TrainSettings)
     cs.store(group="logger", name="base_logger", node=tc.LoggerSettings)
-    for name, config_cls in (("base_fb", agents.FBConfig), ("base_hilp", agents.HILPConfig)):
-        cs.store(group="agent", name=name, node=_schema(config_cls))
+    for name, config_cls in agents.CONFIGS.items():  # base_fb, base_hilp: the agent yamls' defaults
+        cs.store(group="agent", name=f"base_{name}", node=_schema(config_cls))
 
 
 def _schema(config_cls: type) -> Any:

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from bfm.agents import AGENTS, FBConfig, HILPConfig, SettingError, make_config
+from bfm.agents import AGENTS, AgentConfig, FBConfig, SettingError, make_config
 from bfm.agents.config import is_memory_free
 from bfm.envs import pomdp
 
@@ -187,7 +187,7 @@ class RunConfig:
             after another (equal to separate runs exactly).
     """
 
-    agent: FBConfig | HILPConfig = field(default_factory=FBConfig)
+    agent: AgentConfig = field(default_factory=FBConfig)
     env: EnvSettings = field(default_factory=EnvSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     logger: LoggerSettings = field(default_factory=LoggerSettings)
@@ -262,7 +262,7 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def agent_from_dict(values: dict[str, Any], domain: str) -> FBConfig | HILPConfig:
+def agent_from_dict(values: dict[str, Any], domain: str) -> AgentConfig:
     """The agent config of ``values["name"]`` (default fb_m); domain-dependent fields left None
     take the domain's value (``DOMAIN_DEFAULTS``), else the config class's default.
 
