@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,10 +33,32 @@ from bfm.agents.optim import (
 from bfm.data.batch import Batch
 
 Metrics = dict[str, torch.Tensor]
-Draws = dict[str, torch.Tensor]
-"""The random numbers of one update, drawn before any network runs (``AgentBase.draws``)."""
-Carry = dict[str, torch.Tensor]
-"""What one stage of an update hands to the next (z, pi(h_{t+1}) with its graph)."""
+
+
+class ZDraws(NamedTuple):
+    """The random parts of z sampling (``AgentBase.z_draws``)."""
+
+    z: torch.Tensor  # [n, d] on the sphere
+    perm: torch.Tensor  # [n] a permutation of the batch
+    mix: torch.Tensor  # [n, 1] the rows that take a goal's z
+
+
+class Draws(NamedTuple):
+    """Every random number of one update, drawn before any network runs (``AgentBase.draws``)."""
+
+    z: torch.Tensor  # [n, d]
+    perm: torch.Tensor  # [n]
+    mix: torch.Tensor  # [n, 1]
+    target_noise: torch.Tensor  # [n, A] of the target action
+    actor_noise: torch.Tensor  # [n, A] of the actor loss's action
+
+
+class Handoff(NamedTuple):
+    """What the first stage of an update hands to the later ones: z [n, d] and pi(h_{t+1}, z)
+    [n, A] with its graph (the actor loss differentiates through it)."""
+
+    z: torch.Tensor
+    next_mu: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +68,13 @@ class Stage:
     Attributes:
         optimizer: key of the optimizer (``AgentBase.optimizers``) that steps on the loss; it
             steps every parameter it holds.
-        loss: ``(batch, draws, carry) -> (loss, metrics, carry)``, free of random draws and of
+        loss: ``(batch, draws, handoff) -> (loss, metrics, handoff)``, free of random draws and of
             in-place changes to parameters, so that it can run under ``torch.func.vmap`` for
             several seeds at once (``agents.seeds``).
     """
 
     optimizer: str
-    loss: Callable[[Batch, Draws, Carry], tuple[torch.Tensor, Metrics, Carry]]
+    loss: Callable[[Batch, Draws, Handoff | None], tuple[torch.Tensor, Metrics, Handoff | None]]
 
 
 class AgentBase:
@@ -129,7 +151,7 @@ class AgentBase:
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, device=self.device)
 
-    def _z_draws(self, n: int) -> Draws:
+    def _z_draws(self, n: int) -> ZDraws:
         """The random parts of z sampling, in this order: sphere ``z`` [n, d], a batch permutation
         ``perm`` [n], and the rows ``mix`` [n, 1] (a ``z_mix_ratio`` fraction) that take a goal's z."""
         z = project_to_sphere(self._randn(n, self.config.z_dim))  # [n, d]
@@ -137,16 +159,16 @@ class AgentBase:
         mix = (
             torch.rand(n, 1, generator=self.generator, device=self.device) < self.config.z_mix_ratio
         )  # [n, 1]
-        return {"z": z, "perm": perm, "mix": mix}
+        return ZDraws(z, perm, mix)
 
     def draws(self, n: int) -> Draws:
         """Every random number of one update of batch size n, from the agent's generator in a
         fixed order: sphere z [n, d], permutation [n], mix rows [n, 1] (``_z_draws``), then the
         target-action noise and the actor-loss noise [n, A]."""
-        draws = self._z_draws(n)
-        draws["target_noise"] = self._randn(n, self.action_dim)
-        draws["actor_noise"] = self._randn(n, self.action_dim)
-        return draws
+        z, perm, mix = self._z_draws(n)
+        target_noise = self._randn(n, self.action_dim)
+        actor_noise = self._randn(n, self.action_dim)
+        return Draws(z, perm, mix, target_noise, actor_noise)
 
     def stages(self) -> list[Stage]:
         """The optimiser steps of one update, in order (subclasses)."""
@@ -162,10 +184,10 @@ class AgentBase:
         Returns:
             Metrics as detached 0-d tensors (no host synchronisation), named by stage.
         """
-        draws, carry, metrics = self.draws(batch.batch_size), {}, {}
+        draws, handoff, metrics = self.draws(batch.batch_size), None, {}
         optimizers = self.optimizers()
         for stage in self.stages():
-            loss, stage_metrics, carry = stage.loss(batch, draws, carry)
+            loss, stage_metrics, handoff = stage.loss(batch, draws, handoff)
             optimizer = optimizers[stage.optimizer]
             optimizer_step(optimizer, loss, optimizer_params(optimizer), self.config.grad_clamp)
             metrics.update(stage_metrics)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, Stage, inference
+from bfm.agents.base import AgentBase, Draws, Handoff, InferenceMixin, Metrics, Stage, ZDraws, inference
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
@@ -210,7 +210,7 @@ class FBAgent(AgentBase):
 
     @torch.no_grad()
     def sample_z(
-        self, batch: Batch, goal_b: torch.Tensor | None = None, draws: Draws | None = None
+        self, batch: Batch, goal_b: torch.Tensor | None = None, draws: Draws | ZDraws | None = None
     ) -> torch.Tensor:
         """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by online B of permuted goals.
 
@@ -224,7 +224,7 @@ class FBAgent(AgentBase):
             z [n, d], every row of norm sqrt(d).
         """
         draws = self._z_draws(batch.batch_size) if draws is None else draws
-        z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
+        z, perm, mix = draws.z, draws.perm, draws.mix  # [n, d], [n], [n, 1]
         if goal_b is None:
             rec = self.model.backward_map.recurrent
             window = slice(None, -1) if self.config.z_mix_goal == "current" else slice(1, None)
@@ -302,19 +302,23 @@ class FBAgent(AgentBase):
             "action_abs": next_mu.detach().abs().mean(),
         }
 
-    def _fb_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
-        """Online B(g_{t+1}), z, pi(h_{t+1}, z) and the F/B loss; carries z and pi(h_{t+1}, z)."""
+    def _fb_stage(
+        self, batch: Batch, draws: Draws, handoff: Handoff | None
+    ) -> tuple[torch.Tensor, Metrics, Handoff]:
+        """Online B(g_{t+1}), z, pi(h_{t+1}, z) and the F/B loss; hands z and pi(h_{t+1}, z) on."""
         cfg = self.config
         B = self.online_backward(batch) if cfg.z_mix_goal == "next" else None  # [n, d], with grad
         z = self.sample_z(batch, B, draws)  # [n, d]
         with self._autocast():
             next_mu = self.next_policy(batch, z).float()  # [n, A]
-        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), draws["target_noise"], B)
+        fb, fb_metrics = self._fb_loss_fn(batch, z, next_mu.detach(), draws.target_noise, B)
         metrics = {f"fb/{k}": v for k, v in fb_metrics.items()}
         metrics["fb/total_loss"] = fb.detach()
         metrics["z/mix_norm"] = z.norm(dim=-1).mean() / math.sqrt(cfg.z_dim)
-        return fb, metrics, {"z": z, "next_mu": next_mu}
+        return fb, metrics, Handoff(z, next_mu)
 
-    def _actor_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
-        actor, metrics = self._actor_loss_fn(batch, carry["z"], carry["next_mu"], draws["actor_noise"])
-        return actor, {f"actor/{k}": v for k, v in metrics.items()}, carry
+    def _actor_stage(
+        self, batch: Batch, draws: Draws, handoff: Handoff | None
+    ) -> tuple[torch.Tensor, Metrics, Handoff]:
+        actor, metrics = self._actor_loss_fn(batch, handoff.z, handoff.next_mu, draws.actor_noise)
+        return actor, {f"actor/{k}": v for k, v in metrics.items()}, handoff

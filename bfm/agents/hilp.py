@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bfm.agents.base import AgentBase, Carry, Draws, InferenceMixin, Metrics, Stage, inference
+from bfm.agents.base import AgentBase, Draws, Handoff, InferenceMixin, Metrics, Stage, ZDraws, inference
 from bfm.agents.config import RepresentationConfig, check_settings
 from bfm.agents.networks import FeatureCentring, build_actor, build_backward, build_forward, project_to_sphere
 from bfm.agents.optim import (
@@ -203,7 +203,7 @@ class HILPAgent(AgentBase):
         return project_to_sphere(phi_goal - phi_now)  # [n, d]
 
     @torch.no_grad()
-    def sample_z(self, phi_next: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+    def sample_z(self, phi_next: torch.Tensor, draws: Draws | ZDraws | None = None) -> torch.Tensor:
         """z per row: sphere Gaussian, a ``z_mix_ratio`` fraction replaced by
         sqrt(d) normalise(phi(g'_perm) Sigma^+), Sigma = phi^T phi / n.
 
@@ -213,7 +213,7 @@ class HILPAgent(AgentBase):
         """
         n = phi_next.shape[0]
         draws = self._z_draws(n) if draws is None else draws
-        z, perm, mix = draws["z"], draws["perm"], draws["mix"]  # [n, d], [n], [n, 1]
+        z, perm, mix = draws.z, draws.perm, draws.mix  # [n, d], [n], [n, 1]
         sigma = phi_next.T @ phi_next / n  # [d, d]
         z_goal = project_to_sphere(phi_next[perm] @ torch.linalg.pinv(sigma, hermitian=True))  # [n, d]
         return torch.where(mix, z_goal, z)
@@ -297,8 +297,10 @@ class HILPAgent(AgentBase):
         loss = -q.mean()
         return loss, {"loss": loss.detach(), "q": q.mean().detach()}
 
-    def _sf_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
-        """phi(g_{t+1}), z, pi(h_{t+1}, z) and the psi loss; carries z and pi(h_{t+1}, z)."""
+    def _sf_stage(
+        self, batch: Batch, draws: Draws, handoff: Handoff | None
+    ) -> tuple[torch.Tensor, Metrics, Handoff]:
+        """phi(g_{t+1}), z, pi(h_{t+1}, z) and the psi loss; hands z and pi(h_{t+1}, z) on."""
         with torch.no_grad(), self._autocast():
             phi_next = self.model.raw_features(
                 batch.goal_window[:, 1:], batch.goal_action_window[:, 1:]
@@ -306,13 +308,17 @@ class HILPAgent(AgentBase):
         z = self.sample_z(phi_next, draws)  # [n, d]
         with self._autocast():
             next_mu = self.next_policy(batch, z).float()  # [n, A]
-        sf, metrics = self._sf_loss_fn(batch, z, phi_next, next_mu.detach(), draws["target_noise"])
-        return sf, {f"sf/{k}": v for k, v in metrics.items()}, {"z": z, "next_mu": next_mu}
+        sf, metrics = self._sf_loss_fn(batch, z, phi_next, next_mu.detach(), draws.target_noise)
+        return sf, {f"sf/{k}": v for k, v in metrics.items()}, Handoff(z, next_mu)
 
-    def _phi_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
+    def _phi_stage(
+        self, batch: Batch, draws: Draws, handoff: Handoff | None
+    ) -> tuple[torch.Tensor, Metrics, Handoff]:
         phi, metrics = self._phi_loss_fn(batch)
-        return phi, {f"phi/{k}": v for k, v in metrics.items()}, carry
+        return phi, {f"phi/{k}": v for k, v in metrics.items()}, handoff
 
-    def _actor_stage(self, batch: Batch, draws: Draws, carry: Carry) -> tuple[torch.Tensor, Metrics, Carry]:
-        actor, metrics = self._actor_loss_fn(batch, carry["z"], carry["next_mu"], draws["actor_noise"])
-        return actor, {f"actor/{k}": v for k, v in metrics.items()}, carry
+    def _actor_stage(
+        self, batch: Batch, draws: Draws, handoff: Handoff | None
+    ) -> tuple[torch.Tensor, Metrics, Handoff]:
+        actor, metrics = self._actor_loss_fn(batch, handoff.z, handoff.next_mu, draws.actor_noise)
+        return actor, {f"actor/{k}": v for k, v in metrics.items()}, handoff

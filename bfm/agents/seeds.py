@@ -59,8 +59,8 @@ class _Stages(nn.Module):
         self.template = template
         self.parts = nn.ModuleDict(template.modules())
 
-    def forward(self, index: int, batch: dict[str, torch.Tensor], draws: Any, carry: Any) -> Any:
-        return self.template.stages()[index].loss(Batch(**batch), draws, carry)
+    def forward(self, index: int, batch: dict[str, torch.Tensor], draws: Any, handoff: Any) -> Any:
+        return self.template.stages()[index].loss(Batch(**batch), draws, handoff)
 
 
 class SeedBatch:
@@ -101,7 +101,11 @@ class SeedBatch:
         self.params = self._stack(lambda container: container.named_parameters())
         self.buffers = self._stack(lambda container: container.named_buffers())
         self.optimizers = self._stacked_optimizers()
-        self._stage_fn = vmap(self._call_stage, in_dims=(None, 0, 0, 0, 0, 0), randomness="error")
+        # The first stage gets no hand-off (None, which vmap takes only with in_dim None).
+        self._stage_fns = [
+            vmap(self._call_stage, in_dims=(None, 0, 0, 0, 0, handoff_dim), randomness="error")
+            for handoff_dim in (None, 0)
+        ]
 
     # ------------------------------------------------------------------------------------------
     # stacking
@@ -169,8 +173,8 @@ class SeedBatch:
     # ------------------------------------------------------------------------------------------
     # the update
 
-    def _call_stage(self, index: int, params: Any, buffers: Any, batch: Any, draws: Any, carry: Any) -> Any:
-        return functional_call(self._stages, {**params, **buffers}, (index, batch, draws, carry))
+    def _call_stage(self, index: int, params: Any, buffers: Any, batch: Any, draws: Any, handoff: Any) -> Any:
+        return functional_call(self._stages, {**params, **buffers}, (index, batch, draws, handoff))
 
     def update(self, batches: list[Batch], step: int = 0) -> list[Metrics]:
         """One training step of every seed, seed k on ``batches[k]`` with its own draws.
@@ -185,13 +189,13 @@ class SeedBatch:
             for b in batches
         ]
         batch = {name: torch.stack([f[name] for f in fields]) for name in fields[0]}  # [K, ...]
-        draws = _stack_dicts([agent.draws(batches[0].batch_size) for agent in self.agents])
-        carry: dict[str, torch.Tensor] = {}
+        draws = _stack_tuples([agent.draws(batches[0].batch_size) for agent in self.agents])
+        handoff = None
         metrics: dict[str, torch.Tensor] = {}
         clamp = self.template.config.grad_clamp
         for index, stage in enumerate(self.template.stages()):
-            loss, stage_metrics, carry = self._stage_fn(
-                index, self.params, self.buffers, batch, draws, carry
+            loss, stage_metrics, handoff = self._stage_fns[handoff is not None](
+                index, self.params, self.buffers, batch, draws, handoff
             )  # [K]
             optimizer = self.optimizers[stage.optimizer]
             params = optimizer_params(optimizer)
@@ -223,8 +227,9 @@ class SeedBatch:
                     torch._foreach_copy_(targets, onlines)
 
 
-def _stack_dicts(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {name: torch.stack([d[name] for d in dicts]) for name in dicts[0]}
+def _stack_tuples(tuples: list[Any]) -> Any:
+    """K NamedTuples of tensors as one of [K, ...] tensors."""
+    return type(tuples[0])(*(torch.stack(values) for values in zip(*tuples, strict=True)))
 
 
 def _per_element(value: Any, param: torch.Tensor) -> bool:
