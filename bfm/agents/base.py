@@ -184,13 +184,13 @@ class AgentBase:
         Returns:
             Metrics as detached 0-d tensors (no host synchronisation), named by stage.
         """
-        draws, handoff, metrics = self.draws(batch.batch_size), None, {}
-        optimizers = self.optimizers()
-        for stage in self.stages():
-            loss, stage_metrics, handoff = stage.loss(batch, draws, handoff)
-            optimizer = optimizers[stage.optimizer]
-            optimizer_step(optimizer, loss, optimizer_params(optimizer), self.config.grad_clamp)
-            metrics.update(stage_metrics)
+        draws = self.draws(batch.batch_size)
+        metrics = step_stages(
+            self.stages(),
+            lambda index, stage, handoff: stage.loss(batch, draws, handoff),
+            self.optimizers(),
+            self.config.grad_clamp,
+        )
         modules = self.modules()
         for target, online, tau in self.target_pairs():
             polyak_update(modules[target], self.model.get_submodule(online), tau)
@@ -271,6 +271,31 @@ class AgentBase:
                 o.load_state_dict(state["optimizers"][k])
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu())
+
+
+def step_stages(
+    stages: list[Stage],
+    run_stage: Callable[[int, Stage, Handoff | None], tuple[torch.Tensor, Metrics, Handoff | None]],
+    optimizers: dict[str, torch.optim.Optimizer],
+    grad_clamp: float | None,
+) -> Metrics:
+    """The optimiser steps of one update, for one agent and for several seeds (``agents.seeds``):
+    stage by stage, its loss (``run_stage(index, stage, handoff)``), then a step of its optimizer.
+
+    A loss is one number, or one per seed: their sum is differentiated, whose gradient with
+    respect to seed k's weights is that of seed k's loss.
+
+    Returns:
+        Every stage's metrics.
+    """
+    handoff, metrics = None, {}
+    for index, stage in enumerate(stages):
+        loss, stage_metrics, handoff = run_stage(index, stage, handoff)
+        optimizer = optimizers[stage.optimizer]
+        total = loss if loss.dim() == 0 else loss.sum()
+        optimizer_step(optimizer, total, optimizer_params(optimizer), grad_clamp)
+        metrics.update(stage_metrics)
+    return metrics
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -55,11 +55,30 @@ def make_target(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def polyak_tensors(
+    targets: list[torch.Tensor],
+    onlines: list[torch.Tensor],
+    tau: float,
+    target_buffers: list[torch.Tensor],
+    online_buffers: list[torch.Tensor],
+) -> None:
+    """The Polyak step: targets <- targets + tau (onlines - targets), buffers copied. One seed's
+    module tensors or K seeds' stacked ones (``agents.seeds``): the arithmetic is per element."""
+    if targets:
+        torch._foreach_lerp_(targets, onlines, tau)
+    if target_buffers:
+        torch._foreach_copy_(target_buffers, online_buffers)
+
+
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- target + tau (online - target) for every parameter; buffers are copied."""
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
-    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
-        tb.copy_(ob)
+    polyak_tensors(
+        list(target.parameters()),
+        list(online.parameters()),
+        tau,
+        list(target.buffers()),
+        list(online.buffers()),
+    )
 
 
 def clamp_gradients(params: list[nn.Parameter], bound: float | None) -> None:

@@ -22,7 +22,7 @@ by default), whose masks a single-seed run draws from torch's global generator; 
 updates the seeds one after another instead. ``compile`` is not applied to the batched update
 (a compiled stage would free the graph that pi(h_{t+1}) shares between two stages); the memory
 models run written-out versions of the GRU and of attention, whose fused kernels vmap cannot batch
-(``MemoryModel.vmap_friendly``).
+(``MemoryModel.fused_kernels`` off).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from bfm.agents.base import AgentBase, Metrics, optimizer_params
-from bfm.agents.optim import clamp_gradients
+from bfm.agents.base import AgentBase, Metrics, optimizer_params, step_stages
+from bfm.agents.optim import polyak_tensors
 from bfm.data.batch import Batch
 
 
@@ -95,8 +95,8 @@ class SeedBatch:
             )
         for part in self.template.modules().values():  # the targets are copies: their own models
             for module in part.modules():
-                if hasattr(type(module), "vmap_friendly"):  # memory models and their parts
-                    module.vmap_friendly = True
+                if hasattr(type(module), "fused_kernels"):  # memory models and their parts
+                    module.fused_kernels = False  # vmap has no batching rule for fused GRU / attention
         self._stages = _Stages(self.template)
         self.params = self._stack(lambda container: container.named_parameters())
         self.buffers = self._stack(lambda container: container.named_buffers())
@@ -190,41 +190,31 @@ class SeedBatch:
         ]
         batch = {name: torch.stack([f[name] for f in fields]) for name in fields[0]}  # [K, ...]
         draws = _stack_tuples([agent.draws(batches[0].batch_size) for agent in self.agents])
-        handoff = None
-        metrics: dict[str, torch.Tensor] = {}
-        clamp = self.template.config.grad_clamp
-        for index, stage in enumerate(self.template.stages()):
-            loss, stage_metrics, handoff = self._stage_fns[handoff is not None](
+        metrics = step_stages(
+            self.template.stages(),
+            lambda index, stage, handoff: self._stage_fns[handoff is not None](
                 index, self.params, self.buffers, batch, draws, handoff
-            )  # [K]
-            optimizer = self.optimizers[stage.optimizer]
-            params = optimizer_params(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward(inputs=params)  # d(sum_k L_k)/d theta_k = d L_k / d theta_k
-            clamp_gradients(params, clamp)
-            optimizer.step()
-            metrics.update(stage_metrics)
+            ),  # losses [K]
+            self.optimizers,
+            self.template.config.grad_clamp,
+        )
         self._polyak()
         return [{name: value[k] for name, value in metrics.items()} for k in range(self.size)]
 
-    @torch.no_grad()
     def _polyak(self) -> None:
-        """Every target <- target + tau (online - target) on the stacked tensors; buffers copied."""
+        """The Polyak step of every target on the stacked tensors (the single-seed one)."""
         for target, online, tau in self.template.target_pairs():
-            for kind, tensors in (("param", self.params), ("buffer", self.buffers)):
-                t_prefix, o_prefix = f"parts.{target}.", f"parts.model.{online}."
-                pairs = [
-                    (v, tensors[o_prefix + n[len(t_prefix) :]])
-                    for n, v in tensors.items()
-                    if n.startswith(t_prefix)
-                ]
-                if not pairs:
-                    continue
-                targets, onlines = [t for t, _ in pairs], [o for _, o in pairs]
-                if kind == "param":
-                    torch._foreach_lerp_(targets, onlines, tau)
-                else:
-                    torch._foreach_copy_(targets, onlines)
+            params = _target_pairs(self.params, f"parts.{target}.", f"parts.model.{online}.")
+            buffers = _target_pairs(self.buffers, f"parts.{target}.", f"parts.model.{online}.")
+            polyak_tensors(*params, tau, *buffers)
+
+
+def _target_pairs(
+    tensors: dict[str, torch.Tensor], target: str, online: str
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(the tensors named ``target...``, the online tensors of the same names under ``online``)."""
+    names = [name for name in tensors if name.startswith(target)]
+    return [tensors[n] for n in names], [tensors[online + n[len(target) :]] for n in names]
 
 
 def _stack_tuples(tuples: list[Any]) -> Any:

@@ -64,11 +64,12 @@ class MemoryModel(nn.Module):
         context_length: the training window length L (the frame-stacking MLP needs it; the other
             models accept any length).
         model_dimension: the model's single size knob (see each model).
-        vmap_friendly: run with operations that ``torch.func.vmap`` can batch (set on the template
-            of a multi-seed update, ``agents.seeds``); the result is the same up to rounding.
+        fused_kernels: run the GRU and attention through torch's fused kernels (the default);
+            False writes them out in plain tensor operations (same result up to rounding), for
+            callers that transform the computation (the agents' several-seeds update).
     """
 
-    vmap_friendly: bool = False
+    fused_kernels: bool = True
 
     def __init__(self, input_dim: int, output_dim: int, context_length: int, model_dimension: int) -> None:
         super().__init__()

@@ -54,7 +54,7 @@ class GRUMemory(MemoryModel):
 
     def _run(self, tokens: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         features = self.token_mlp(tokens)  # [B, L, token_dim]
-        if self.vmap_friendly:  # torch's fused GRU has no vmap batching rule
+        if not self.fused_kernels:
             return self._unrolled(features, h)
         if h is None and self.num_layers == 1 and self.model_dimension >= self.zero_state_min_hidden:
             # From the empty state h_0 = 0, W_hh h_0 = 0: the first step needs no hidden-state
@@ -69,7 +69,7 @@ class GRUMemory(MemoryModel):
         return h_n.transpose(0, 1)  # [B, layers, hidden]
 
     def _unrolled(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-        """The GRU written out step by step (torch's equations), for ``vmap_friendly``.
+        """The GRU written out step by step (torch's equations), without ``fused_kernels``.
 
         Args:
             x: [B, L, token_dim] token features.

@@ -33,7 +33,7 @@ class Block(nn.Module):
     is causal multi-head self-attention through ``scaled_dot_product_attention``, QKV without bias.
     """
 
-    vmap_friendly: bool = False  # written-out attention (``MemoryModel.vmap_friendly``)
+    fused_kernels: bool = True  # False: written-out attention (``MemoryModel.fused_kernels``)
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class Block(nn.Module):
         causal = past is None
         if last_only:  # the last query attends to every key: no mask
             q, x, causal = q[:, :, -1:], x[:, -1:], False  # [B, heads, 1, dh], [B, 1, d]
-        if self.vmap_friendly:  # the CPU attention kernel has no vmap batching rule
+        if not self.fused_kernels:
             attended = _attention(q, k, v, causal=causal)  # [B, heads, M', dh]
         else:
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, heads, M', dh]
