@@ -31,7 +31,7 @@ def best_seconds(fn: Callable[[], None], repeats: int) -> float:
 
 def bench(name: str, args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
-    model = make_memory(name, args.input, args.output, context_length=args.length)
+    model = make_memory(name, args.input, args.output, history_length=args.length)
     tokens = torch.randn(args.batch, args.length, args.input)
 
     def window() -> None:

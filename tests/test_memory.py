@@ -21,7 +21,7 @@ def build(name: str, size: str, **kwargs) -> memory.MemoryModel:
     settings = dict(SMALL[name]) if size == "small" else {}
     settings.update(kwargs)
     torch.manual_seed(0)
-    return make_memory(name, IN, OUT, context_length=L, **settings).double().eval()
+    return make_memory(name, IN, OUT, history_length=L, **settings).double().eval()
 
 
 def tokens(batch: int = 3, length: int = L) -> torch.Tensor:
@@ -76,7 +76,7 @@ def test_encode_then_step_equals_window(name, size):
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_window_equals_steps(name):
     torch.manual_seed(0)
-    model = make_memory(name, IN, OUT, context_length=L, **SMALL[name]).eval()
+    model = make_memory(name, IN, OUT, history_length=L, **SMALL[name]).eval()
     x = tokens().float()
     with torch.no_grad():
         torch.testing.assert_close(run_steps(model, x)[-1], model(x), rtol=1e-4, atol=1e-5)
@@ -108,13 +108,13 @@ def test_step_gradient_through_encoded_prefix(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_output_activation_gives_negative_values(name):
-    model = build(name, "small", output_activation=False)
+    model = build(name, "small", output_relu=False)
     assert (model(tokens(batch=16)) < 0).any()
     assert (build(name, "small")(tokens(batch=16)) >= 0).all()
 
 
 def test_gru_hidden_size_other_than_512():
-    model = make_memory("gru", IN, OUT, context_length=L, model_dimension=96)
+    model = make_memory("gru", IN, OUT, history_length=L, model_dimension=96)
     assert model.gru.hidden_size == 96
     assert model(tokens().float()).shape == (3, OUT)
     assert model.initial_state(3)[0].shape == (3, 1, 96)
@@ -207,16 +207,16 @@ def test_s4d_step_mode_uses_current_parameters():
 
 def test_unknown_name_lists_registered_models():
     with pytest.raises(ValueError, match="registered: " + ", ".join(NAMES)):
-        make_memory("lstm", IN, OUT, context_length=L)
+        make_memory("lstm", IN, OUT, history_length=L)
 
 
 def test_paper_defaults():
-    assert make_memory("gru", IN, OUT, context_length=L).gru.hidden_size == 512
-    transformer = make_memory("transformer", IN, OUT, context_length=L)
-    s4d = make_memory("s4d", IN, OUT, context_length=L)
+    assert make_memory("gru", IN, OUT, history_length=L).gru.hidden_size == 512
+    transformer = make_memory("transformer", IN, OUT, history_length=L)
+    s4d = make_memory("s4d", IN, OUT, history_length=L)
     assert s4d.layers[0].C.shape == (512, 16, 2) and len(s4d.layers) == 1
     assert torch.allclose(s4d.layers[0].log_A_real.exp(), torch.tensor(0.5))
-    assert make_memory("mlp", IN, OUT, context_length=L).body[0].net[0].in_features == L * IN
+    assert make_memory("mlp", IN, OUT, history_length=L).body[0].net[0].in_features == L * IN
     assert transformer.model_dimension == 32 and transformer.num_heads == 4 and len(transformer.blocks) == 1
 
 

@@ -126,7 +126,7 @@ def test_gru_first_step_from_zero_state_matches_torch_gru(length: int) -> None:
     from bfm.memory import make_memory
 
     torch.manual_seed(0)
-    model = make_memory("gru", 7, 9, context_length=length, model_dimension=16, token_dim=12)
+    model = make_memory("gru", 7, 9, history_length=length, model_dimension=16, token_dim=12)
     model.zero_state_min_hidden = 0  # take the first-step path at this tiny size
     with torch.no_grad():
         model.gru.bias_hh_l0.normal_()  # non-zero recurrent biases (they enter the first step)

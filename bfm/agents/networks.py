@@ -25,9 +25,7 @@ import torch
 from torch import nn
 
 from bfm.agents.config import RepresentationConfig
-from bfm.memory import TokenMLP, make_memory
-
-State = tuple[torch.Tensor, ...]
+from bfm.memory import State, TokenMLP, make_memory
 
 
 def preprocessor(input_dim: int, width: int) -> nn.Sequential:
@@ -48,9 +46,9 @@ def build_memory(
     memory_type: str,
     input_dim: int,
     output_dim: int,
-    context_length: int,
+    history_length: int,
     model_dimension: int | None,
-    output_activation: bool,
+    output_relu: bool,
     settings: dict[str, dict[str, Any]] | None,
     defaults: dict[str, dict[str, Any]] | None = None,
 ) -> nn.Module:
@@ -60,9 +58,9 @@ def build_memory(
         memory_type: gru, transformer, s4d or mlp.
         input_dim: token width.
         output_dim: summary width.
-        context_length: training window length.
+        history_length: training window length.
         model_dimension: the model's size knob, None for the model default.
-        output_activation: end the summary with a ReLU.
+        output_relu: end the summary with a ReLU.
         settings: memory name -> extra keyword settings for that model (e.g. ``token_dim``;
             a ``model_dimension`` there overrides the argument for that memory type).
         defaults: memory name -> settings of this position that ``settings`` may override.
@@ -73,9 +71,9 @@ def build_memory(
         memory_type,
         input_dim,
         output_dim,
-        context_length=context_length,
+        history_length=history_length,
         model_dimension=model_dimension,
-        output_activation=output_activation,
+        output_relu=output_relu,
         **extra,
     )
 
@@ -115,7 +113,7 @@ class HistoryNetwork(nn.Module):
         action_dim: action width.
         z_dim: d.
         recurrent: use a memory model over the window.
-        memory_type, model_dimension, context_length, memory_settings: memory model settings.
+        memory_type, model_dimension, history_length, memory_settings: memory model settings.
         hidden_dim: preprocessor / memory summary width (512 in the paper).
     """
 
@@ -130,7 +128,7 @@ class HistoryNetwork(nn.Module):
         recurrent: bool,
         memory_type: str,
         model_dimension: int | None,
-        context_length: int,
+        history_length: int,
         memory_settings: dict[str, dict[str, Any]] | None,
         hidden_dim: int,
     ) -> None:
@@ -141,7 +139,7 @@ class HistoryNetwork(nn.Module):
                 memory_type,
                 obs_dim + action_dim,
                 hidden_dim,
-                context_length,
+                history_length,
                 model_dimension,
                 True,
                 memory_settings,
@@ -241,7 +239,7 @@ class BackwardMap(nn.Module):
         action_dim: action width.
         z_dim: d.
         recurrent: use a memory model over the window.
-        memory_type, model_dimension, context_length, memory_settings: memory model settings.
+        memory_type, model_dimension, history_length, memory_settings: memory model settings.
         hidden_dim: MLP width (512 in the paper).
         memory_output_relu: keep the ReLU before the projection in the memory version.
         sphere: project onto the sphere (FB always; HILP phi by default).
@@ -256,7 +254,7 @@ class BackwardMap(nn.Module):
         recurrent: bool,
         memory_type: str,
         model_dimension: int | None,
-        context_length: int,
+        history_length: int,
         memory_settings: dict[str, dict[str, Any]] | None,
         hidden_dim: int,
         memory_output_relu: bool,
@@ -269,7 +267,7 @@ class BackwardMap(nn.Module):
                 memory_type,
                 goal_dim + action_dim,
                 z_dim,
-                context_length,
+                history_length,
                 model_dimension,
                 memory_output_relu,
                 memory_settings,
@@ -393,7 +391,7 @@ def history_network_settings(config: RepresentationConfig, position: str) -> dic
         "recurrent": config.recurrent_F,
         "memory_type": config.memory_of(position),
         "model_dimension": config.memory.model_dimension,
-        "context_length": config.history_length,
+        "history_length": config.history_length,
         "memory_settings": config.memory.settings,
         "hidden_dim": config.hidden_dim,
         "head_hidden_dim": config.head_hidden_dim,
@@ -416,7 +414,7 @@ def build_backward(
         recurrent=config.recurrent_B,
         memory_type=config.memory_of("B"),
         model_dimension=config.memory.model_dimension,
-        context_length=config.backward_history_length,
+        history_length=config.backward_history_length,
         memory_settings=config.memory.settings,
         hidden_dim=config.hidden_dim,
         memory_output_relu=config.memory_B_output_relu,

@@ -87,7 +87,7 @@ def orthogonal_init(module: nn.Module, generator: torch.Generator) -> None:
             layer.bias.data.fill_(0.0)
 
 
-class Actor(nn.Module):
+class ExplorerActor(nn.Module):
     """Deterministic DDPG actor: obs [B, obs] -> mu [B, act] in (-1, 1)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int) -> None:
@@ -182,7 +182,7 @@ class RNDAgent:
         self.config, self.device, self.action_dim = config, torch.device(device), action_dim
         h = config.hidden_dim
         init_generator = torch.Generator().manual_seed(seed)
-        self.actor = Actor(obs_dim, action_dim, h)
+        self.actor = ExplorerActor(obs_dim, action_dim, h)
         self.critic = Critic(obs_dim, action_dim, h)
         self.rnd = RND(obs_dim, h, config.rnd_rep_dim)
         for module in (self.actor, self.critic, self.rnd):

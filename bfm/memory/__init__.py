@@ -25,9 +25,9 @@ def make_memory(
     input_dim: int,
     output_dim: int,
     *,
-    context_length: int,
+    history_length: int,
     model_dimension: int | None = None,
-    output_activation: bool = True,
+    output_relu: bool = True,
     **settings,
 ) -> MemoryModel:
     """Builds a memory model by name.
@@ -36,11 +36,11 @@ def make_memory(
         name: a key of ``REGISTRY``.
         input_dim: token width ``in``.
         output_dim: summary width ``out``.
-        context_length: the training window length L.
+        history_length: the training window length L.
         model_dimension: the paper's ``--model_dimension``: GRU hidden size (default 512),
             Transformer d_model (32), S4d state size N (32), MLP hidden width (512). None keeps
             the model's default.
-        output_activation: end the summary with a ReLU (the reference code always does).
+        output_relu: end the summary with a ReLU (the reference code always does).
         **settings: model-specific settings (layers, heads, token width, pooling, dropout, ...),
             documented on each class.
 
@@ -55,7 +55,7 @@ def make_memory(
     if model_dimension is not None:
         settings["model_dimension"] = model_dimension
     return REGISTRY[name](
-        input_dim, output_dim, context_length=context_length, output_activation=output_activation, **settings
+        input_dim, output_dim, history_length=history_length, output_relu=output_relu, **settings
     )
 
 

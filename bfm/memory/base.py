@@ -47,10 +47,10 @@ class TokenMLP(nn.Module):
         return self.net(tokens)
 
 
-def summary_head(input_dim: int, output_dim: int, output_activation: bool) -> nn.Module:
-    """The summary projection: Linear -> ReLU (the ReLU only when ``output_activation``)."""
+def summary_head(input_dim: int, output_dim: int, output_relu: bool) -> nn.Module:
+    """The summary projection: Linear -> ReLU (the ReLU only when ``output_relu``)."""
     linear = nn.Linear(input_dim, output_dim)
-    return nn.Sequential(linear, nn.ReLU()) if output_activation else linear
+    return nn.Sequential(linear, nn.ReLU()) if output_relu else linear
 
 
 class MemoryModel(nn.Module):
@@ -61,7 +61,7 @@ class MemoryModel(nn.Module):
     Attributes:
         input_dim: token width ``in``.
         output_dim: summary width ``out``.
-        context_length: the training window length L (the frame-stacking MLP needs it; the other
+        history_length: the training window length L (the frame-stacking MLP needs it; the other
             models accept any length).
         model_dimension: the model's single size knob (see each model).
         fused_kernels: run the GRU and attention through torch's fused kernels (the default);
@@ -71,19 +71,19 @@ class MemoryModel(nn.Module):
 
     fused_kernels: bool = True
 
-    def __init__(self, input_dim: int, output_dim: int, context_length: int, model_dimension: int) -> None:
+    def __init__(self, input_dim: int, output_dim: int, history_length: int, model_dimension: int) -> None:
         super().__init__()
         for name, value in (
             ("input_dim", input_dim),
             ("output_dim", output_dim),
-            ("context_length", context_length),
+            ("history_length", history_length),
             ("model_dimension", model_dimension),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
         self.input_dim = input_dim
         self.output_dim = output_dim
-        self.context_length = context_length
+        self.history_length = history_length
         self.model_dimension = model_dimension
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ class GRUMemory(MemoryModel):
     Args:
         input_dim: token width.
         output_dim: summary width.
-        context_length: training window length (unused by the GRU itself).
+        history_length: training window length (unused by the GRU itself).
         model_dimension: GRU hidden size (paper: 512).
-        output_activation: end the summary head with a ReLU.
+        output_relu: end the summary head with a ReLU.
         num_layers: stacked GRU layers (paper: 1).
         token_dim: per-token MLP width (paper: 512).
 
@@ -40,17 +40,17 @@ class GRUMemory(MemoryModel):
         input_dim: int,
         output_dim: int,
         *,
-        context_length: int,
+        history_length: int,
         model_dimension: int = 512,
-        output_activation: bool = True,
+        output_relu: bool = True,
         num_layers: int = 1,
         token_dim: int = TOKEN_DIM,
     ) -> None:
-        super().__init__(input_dim, output_dim, context_length, model_dimension)
+        super().__init__(input_dim, output_dim, history_length, model_dimension)
         self.num_layers = num_layers
         self.token_mlp = TokenMLP(input_dim, token_dim)
         self.gru = nn.GRU(token_dim, model_dimension, num_layers=num_layers, batch_first=True)
-        self.head = summary_head(model_dimension, output_dim, output_activation)
+        self.head = summary_head(model_dimension, output_dim, output_relu)
 
     def _run(self, tokens: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         features = self.token_mlp(tokens)  # [B, L, token_dim]

@@ -9,16 +9,16 @@ from bfm.memory.base import MemoryModel, State, TokenMLP, summary_head
 
 
 class MLPMemory(MemoryModel):
-    """Frame stacking: the window of ``context_length`` tokens is flattened into one vector.
+    """Frame stacking: the window of ``history_length`` tokens is flattened into one vector.
 
     As in the reference code, the per-token preprocessor is applied to the flattened window
     (L*in -> width -> LayerNorm -> tanh -> width -> ReLU), followed by ``num_layers - 1`` blocks
     of Linear(width, width) + ReLU, then the summary head. The reference uses 2 layers for F and
     the policy and 1 for B.
 
-    Windows of another length are brought to ``context_length``: a shorter window is left-padded
-    with zero tokens, a longer one keeps its last ``context_length`` tokens. Step mode keeps a
-    buffer of the last ``context_length`` tokens, zeros before the first token, so stepping a
+    Windows of another length are brought to ``history_length``: a shorter window is left-padded
+    with zero tokens, a longer one keeps its last ``history_length`` tokens. Step mode keeps a
+    buffer of the last ``history_length`` tokens, zeros before the first token, so stepping a
     window from ``initial_state`` equals ``forward`` on that window. Note that the sequence buffer
     pads training windows by repeating the first observation (unless ``pad_with_zeros``), so the
     first L-1 steps of a carried rollout see a different padding than training did; sliding-window
@@ -27,9 +27,9 @@ class MLPMemory(MemoryModel):
     Args:
         input_dim: token width.
         output_dim: summary width.
-        context_length: the stacked window length L.
+        history_length: the stacked window length L.
         model_dimension: hidden width (paper: 512).
-        output_activation: end the summary head with a ReLU.
+        output_relu: end the summary head with a ReLU.
         num_layers: hidden layers counting the preprocessor (reference: 2 for F and pi, 1 for B).
 
     State: ``(window,)`` with window [B, L, in], the last L tokens, oldest first.
@@ -40,26 +40,26 @@ class MLPMemory(MemoryModel):
         input_dim: int,
         output_dim: int,
         *,
-        context_length: int,
+        history_length: int,
         model_dimension: int = 512,
-        output_activation: bool = True,
+        output_relu: bool = True,
         num_layers: int = 2,
     ) -> None:
-        super().__init__(input_dim, output_dim, context_length, model_dimension)
+        super().__init__(input_dim, output_dim, history_length, model_dimension)
         if num_layers < 1:
             raise ValueError(f"MLPMemory: num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = [TokenMLP(context_length * input_dim, model_dimension)]
+        layers: list[nn.Module] = [TokenMLP(history_length * input_dim, model_dimension)]
         for _ in range(num_layers - 1):
             layers += [nn.Linear(model_dimension, model_dimension), nn.ReLU()]
         self.body = nn.Sequential(*layers)
-        self.head = summary_head(model_dimension, output_dim, output_activation)
+        self.head = summary_head(model_dimension, output_dim, output_relu)
 
     def _fit(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Left-pads with zeros or truncates [B, L', in] to [B, context_length, in]."""
+        """Left-pads with zeros or truncates [B, L', in] to [B, history_length, in]."""
         length = tokens.shape[1]
-        if length >= self.context_length:
-            return tokens[:, length - self.context_length :]
-        pad = tokens.new_zeros(tokens.shape[0], self.context_length - length, tokens.shape[2])
+        if length >= self.history_length:
+            return tokens[:, length - self.history_length :]
+        pad = tokens.new_zeros(tokens.shape[0], self.history_length - length, tokens.shape[2])
         return torch.cat([pad, tokens], dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class MLPMemory(MemoryModel):
         """``(zeros [batch_size, L, in],)``."""
         p = self._param()
         window = torch.zeros(
-            batch_size, self.context_length, self.input_dim, device=device or p.device, dtype=p.dtype
+            batch_size, self.history_length, self.input_dim, device=device or p.device, dtype=p.dtype
         )
         return (window,)
 

@@ -169,9 +169,9 @@ class S4DMemory(MemoryModel):
     Args:
         input_dim: token width.
         output_dim: summary width.
-        context_length: training window length (the convolution accepts any length).
+        history_length: training window length (the convolution accepts any length).
         model_dimension: state size N per channel (paper: 32, i.e. 16 complex modes).
-        output_activation: end the summary head with a ReLU.
+        output_relu: end the summary head with a ReLU.
         num_layers: stacked S4D layers (paper: 1).
         token_dim: per-token MLP width = number of SSM channels H (paper: 512).
         dt_min, dt_max: range of the initial step sizes.
@@ -186,16 +186,16 @@ class S4DMemory(MemoryModel):
         input_dim: int,
         output_dim: int,
         *,
-        context_length: int,
+        history_length: int,
         model_dimension: int = 32,
-        output_activation: bool = True,
+        output_relu: bool = True,
         num_layers: int = 1,
         token_dim: int = TOKEN_DIM,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         conv: str = "auto",
     ) -> None:
-        super().__init__(input_dim, output_dim, context_length, model_dimension)
+        super().__init__(input_dim, output_dim, history_length, model_dimension)
         if conv not in ("auto", "fft", "direct"):
             raise ValueError(f"S4D: conv must be 'auto', 'fft' or 'direct', got {conv!r}")
         self.conv = conv
@@ -205,7 +205,7 @@ class S4DMemory(MemoryModel):
         self.layers = nn.ModuleList(
             S4DLayer(token_dim, model_dimension, dt_min, dt_max) for _ in range(num_layers)
         )
-        self.head = summary_head(token_dim, output_dim, output_activation)
+        self.head = summary_head(token_dim, output_dim, output_relu)
 
     def _features(self, tokens: torch.Tensor) -> torch.Tensor:
         u = self.token_mlp(tokens)

@@ -146,9 +146,9 @@ class TransformerMemory(MemoryModel):
     Args:
         input_dim: token width.
         output_dim: summary width.
-        context_length: training window length (attention accepts any length).
+        history_length: training window length (attention accepts any length).
         model_dimension: d_model (paper: 32).
-        output_activation: end the summary head with a ReLU.
+        output_relu: end the summary head with a ReLU.
         num_layers: blocks (paper: 1).
         num_heads: attention heads (paper: 4).
         ffn_dim: feed-forward width (reference: 256).
@@ -165,9 +165,9 @@ class TransformerMemory(MemoryModel):
         input_dim: int,
         output_dim: int,
         *,
-        context_length: int,
+        history_length: int,
         model_dimension: int = 32,
-        output_activation: bool = True,
+        output_relu: bool = True,
         num_layers: int = 1,
         num_heads: int = 4,
         ffn_dim: int = 256,
@@ -175,7 +175,7 @@ class TransformerMemory(MemoryModel):
         pooling: str = "last",
         token_dim: int = TOKEN_DIM,
     ) -> None:
-        super().__init__(input_dim, output_dim, context_length, model_dimension)
+        super().__init__(input_dim, output_dim, history_length, model_dimension)
         if pooling not in ("last", "mean"):
             raise ValueError(f"Transformer: pooling must be 'last' or 'mean', got {pooling!r}")
         self.pooling = pooling
@@ -188,7 +188,7 @@ class TransformerMemory(MemoryModel):
             Block(model_dimension, num_heads, ffn_dim, dropout) for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(model_dimension)
-        self.head = summary_head(model_dimension, output_dim, output_activation)
+        self.head = summary_head(model_dimension, output_dim, output_relu)
 
     def _embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         x = self.embed(self.token_mlp(tokens))  # [B, M, d]
