@@ -1,9 +1,11 @@
 """What FB and HILP agents share.
 
-- ``AgentBase``: the random draws of one update (``draws``), the update itself (the ``Stage``
-  optimiser steps in order, then the Polyak targets), the terms both losses use (next policy,
-  target F / psi, the actor's Q), acting and task inference through the model, and the state dict
-  a checkpoint holds (networks, targets, optimizers, generator);
+- ``AgentBase``: construction from what each algorithm declares (model, targets, optimizers,
+  compiled losses), the random draws of one update (``draws``, typed ``Draws``), the update itself
+  (``step_stages``: the ``Stage`` optimiser steps in order, shared with ``agents.seeds``; then the
+  Polyak targets), the terms both losses use (next policy, target F / psi, the actor's Q), acting
+  and task inference through the model, and the state dict a checkpoint holds (networks, targets,
+  optimizers, generator);
 - ``InferenceMixin``: the models' acting (sliding window and carried state) and goal windows
   encoded in chunks;
 - the ``inference`` decorator (no_grad + eval mode) and ``optimizer_params``.
@@ -36,7 +38,7 @@ Metrics = dict[str, torch.Tensor]
 
 
 class ZDraws(NamedTuple):
-    """The random parts of z sampling (``AgentBase.z_draws``)."""
+    """The random parts of z sampling (``AgentBase._z_draws``)."""
 
     z: torch.Tensor  # [n, d] on the sphere
     perm: torch.Tensor  # [n] a permutation of the batch

@@ -100,8 +100,9 @@ def composition_error(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def reported(prog: str, *expected: type[BaseException]) -> Iterator[None]:
-    """Turns the ``expected`` exceptions raised inside into :func:`fail` (unless
-    ``BFM_TRACEBACK`` is set); anything else propagates with its traceback."""
+    """Turns the ``expected`` exceptions and a full disk (``disk_full_message``) raised inside
+    into :func:`fail` (unless ``BFM_TRACEBACK`` is set); anything else propagates with its
+    traceback."""
     try:
         yield
     except Exception as error:
