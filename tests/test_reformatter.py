@@ -477,17 +477,29 @@ def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
-    # 40,000 states: the relabelling lasts long enough (0.5-5 s) to be interrupted on a loaded machine.
-    command = [sys.executable, str(root / "exorl_reformatter.py"), "walker_random", "--collect", "--collect_steps",
-               "40000", "--episode_length", "400", "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+    args = ["walker_random", "--collect", "--collect_steps", "6000", "--episode_length", "100",
+            "--data_dir", str(tmp_path), "--workers", "1"]  # fmt: skip
+    command = [sys.executable, str(root / "exorl_reformatter.py"), *args]
     assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
     out = dataset_path(tmp_path, "walker", "random")
     out.unlink()  # the raw episodes stay: the next run only reads and relabels them
+    # The relabelling announces itself and then lasts until the signal comes (a real one, at a
+    # known point: on a loaded machine a relabelling of seconds can end before a poll notices it).
+    slow_relabel = (
+        "import sys, time; import bfm.data.reformat as r; real = r.relabel\n"
+        "def relabel(*a, **k):\n"
+        "    print('relabelling now', file=sys.stderr, flush=True)\n"
+        "    for _ in range(6000): time.sleep(0.01)\n"
+        "    return real(*a, **k)\n"
+        "r.relabel = relabel\n"
+        "from bfm.cli.reformat import main; sys.exit(main(sys.argv[1:]))"
+    )
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-c", slow_relabel, *args], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         deadline = time.monotonic() + 120
-        while "read episodes: 100/100" not in log.read_text() and time.monotonic() < deadline:
+        while "relabelling now" not in log.read_text() and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-2000:]
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
@@ -499,12 +511,10 @@ def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
     )
     assert "Traceback" not in log.read_text()
     assert (
-        not out.exists()
-        and not list(out.parent.glob(".*tmp*"))
-        and len(list_episode_files(out.parent)) == 100
+        not out.exists() and not list(out.parent.glob(".*tmp*")) and len(list_episode_files(out.parent)) == 60
     )
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0 and read_manifest(out)["episodes"] == 100, rerun.stderr[-2000:]
+    assert rerun.returncode == 0 and read_manifest(out)["episodes"] == 60, rerun.stderr[-2000:]
 
 
 def test_a_full_disk_while_writing_the_dataset_exits_2_and_keeps_the_episodes(tmp_path, capsys, monkeypatch):
