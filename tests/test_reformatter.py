@@ -485,7 +485,10 @@ def test_ctrl_c_mid_relabel_exits_130_and_a_rerun_continues(tmp_path):
     out.unlink()  # the raw episodes stay: the next run only reads and relabels them
     # The relabelling announces itself and then lasts until the signal comes (a real one, at a
     # known point: on a loaded machine a relabelling of seconds can end before a poll notices it).
+    # SIGINT as a terminal delivers it: a job started in the background (nohup, CI scripts)
+    # inherits an ignored SIGINT, under which Python raises no KeyboardInterrupt.
     slow_relabel = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import sys, time; import bfm.data.reformat as r; real = r.relabel\n"
         "def relabel(*a, **k):\n"
         "    print('relabelling now', file=sys.stderr, flush=True)\n"
