@@ -95,15 +95,16 @@ class Setting:
     def validated(self, key: str, value: float) -> float:
         """``value`` as a float; ValueError naming ``key`` and what is accepted otherwise."""
         try:
-            value = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            value = math.nan
-        if not self.check(value):
-            raise ValueError(f"{key} must be {self.accepted}, got {value!r}")
-        return value
+            number = math.nan
+        if not self.check(number):
+            raise ValueError(f"{key} must be {self.accepted}, got {number if number == number else value!r}")
+        return number
 
 
 def probability(doc: str) -> Setting:
+    """A probability setting of default 0.2 (the paper's)."""
     return Setting(0.2, doc, "a probability in [0, 1]", lambda p: 0.0 <= p <= 1.0)
 
 
