@@ -35,17 +35,25 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise OSError(error.errno, error.strerror, os.fspath(path)) from error
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replaces ``path`` with ``text`` whole: written to a temporary name, then renamed, so a full
-    disk or Ctrl-C leaves the previous file and no partial one."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A temporary file (``tmp``, default ``.<name>.tmp-<pid>`` beside ``path``) to write the new
+    ``path`` into: renamed onto ``path`` when the block ends, removed when it fails, so a full disk
+    or Ctrl-C leaves the previous file and no partial one; a full disk inside names ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with writing(path):
-            tmp.write_text(text)
+            yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces ``path`` with ``text`` whole (``replacing``)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def disk_error(error: Exception, path: Path) -> BaseException:

@@ -23,7 +23,7 @@ from bfm.data.progress import progress
 from bfm.data.reformat import COLLECTION_FILE
 from bfm.envs import DOMAINS, episode_seed, flat_obs, make_env, make_physics
 from bfm.envs.specs import check_domain
-from bfm.files import disk_error, write_text_atomic
+from bfm.files import disk_error, replacing, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -252,18 +252,16 @@ def _collect_rnd(
         episode = run_episode(env, policy, length)
         write_episode(folder, index, episode)
         replay.add(episode)
-        tmp = state_path.with_suffix(".tmp")
-        try:
-            state = {
-                "agent": agent.state_dict(),
-                "rng": rng.bit_generator.state,
-                "step": step,
-                "episodes": index + 1,
-            }
+        state = {
+            "agent": agent.state_dict(),
+            "rng": rng.bit_generator.state,
+            "step": step,
+            "episodes": index + 1,
+        }
+        with replacing(
+            state_path, state_path.with_suffix(".tmp")
+        ) as tmp:  # the previous state stays on failure
             try:
                 torch.save(state, tmp)
             except RuntimeError as error:  # torch's writer reports a full disk as "file write failed"
                 raise disk_error(error, state_path) from error
-            os.replace(tmp, state_path)
-        finally:  # a full disk or Ctrl-C: the previous state stays, no partial one
-            tmp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bfm.data.exorl import DatasetError
 from bfm.data.progress import progress
-from bfm.files import disk_full, full_disk_name, writing
+from bfm.files import disk_full, full_disk_name, replacing
 
 logger = logging.getLogger(__name__)
 
@@ -200,14 +200,14 @@ def extract_archive(
                 if path.is_file() and path.stat().st_size == info.file_size:
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
-                try:
-                    with writing(path), zf.open(info) as src, open(tmp, "wb") as dst:
-                        while chunk := src.read(_CHUNK):
-                            dst.write(chunk)
-                    os.replace(tmp, path)
-                finally:  # interrupted or failed: no half-written file stays behind
-                    tmp.unlink(missing_ok=True)
+                # interrupted or failed: no half-written file stays behind
+                with (
+                    replacing(path, path.with_name(f".{path.name}.tmp")) as tmp,
+                    zf.open(info) as src,
+                    open(tmp, "wb") as dst,
+                ):
+                    while chunk := src.read(_CHUNK):
+                        dst.write(chunk)
                 count += 1
     except zipfile.BadZipFile as e:
         raise DatasetError(

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bfm.files import writing
+from bfm.files import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +143,9 @@ def write_episode(folder: str | os.PathLike, index: int, episode: dict[str, np.n
     folder.mkdir(parents=True, exist_ok=True)
     length = len(episode["observation"]) - 1
     path = folder / episode_file_name(index, length)
-    tmp = folder / f".{path.name}.tmp"
-    try:
-        with writing(path), open(tmp, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in EPISODE_KEYS})
-        os.replace(tmp, path)
-    finally:  # interrupted or failed: no half-written file stays behind
-        tmp.unlink(missing_ok=True)
+    # interrupted or failed: no half-written file stays behind
+    with replacing(path, folder / f".{path.name}.tmp") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(episode[k]) for k in EPISODE_KEYS})
     return path
 
 
@@ -246,15 +242,10 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], manife
         for k, v in arrays.items()
     }
     _remove_stale_temporaries(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with writing(path), open(tmp, "wb") as f:
-            np.savez(f, manifest=np.array(json.dumps(manifest, indent=1)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # .<name>.tmp-<pid>: see _remove_stale_temporaries
+        np.savez(f, manifest=np.array(json.dumps(manifest, indent=1)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bfm.files import writing
+from bfm.files import replacing, writing
 from bfm.training.config import LoggerSettings
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,10 @@ class CSVWriter:
             self._rewrite(kept)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            with writing(self.path), tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.path)
-        finally:  # a full disk or Ctrl-C leaves the previous file and no partial one
-            tmp.unlink(missing_ok=True)
+        with replacing(self.path, self.path.with_suffix(".tmp")) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class MetricLogger:
