@@ -19,6 +19,7 @@ from typing import NoReturn
 from bfm.files import disk_full, full_disk_name
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 TRACEBACK_ENV = "BFM_TRACEBACK"
 
 

@@ -26,7 +26,6 @@ from bfm.training.config import ConfigError
 from bfm.training.prompting import TrainedModel, evaluation_folder
 
 PROG = "evaluate.py"
-EXIT_INTERRUPTED = 130
 log = logging.getLogger("evaluate")
 
 
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         errors.fail(
             PROG,
             "interrupted; nothing was written to the run directory: rerun the command to evaluate again",
-            EXIT_INTERRUPTED,
+            errors.EXIT_INTERRUPTED,
         )
 
 

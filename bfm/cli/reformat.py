@@ -51,7 +51,6 @@ from bfm.training.run_dir import file_in_the_way, locked, nearest_existing, writ
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
-EXIT_INTERRUPTED = 130
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 PROG,
                 f"interrupted during {domain}_{algo}; finished files are kept (collected or downloaded episodes, "
                 "datasets already written) and rerunning the same command continues",
-                EXIT_INTERRUPTED,
+                errors.EXIT_INTERRUPTED,
             )
     if failed and len(args.pairs) > 1:
         errors.fail(PROG, f"{len(failed)} of {len(args.pairs)} pairs failed: {', '.join(failed)}")

@@ -356,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:
         errors.fail(
-            PROG, "interrupted; the runs are untouched, rerun the same command to write the report", 130
+            PROG,
+            "interrupted; the runs are untouched, rerun the same command to write the report",
+            errors.EXIT_INTERRUPTED,
         )
 
 

@@ -52,7 +52,6 @@ from bfm.training.trainer import NonFiniteLossError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DOMAIN_NAMES: tuple[str, ...] = tuple(envs.DOMAINS)
 PROG = "main_exorl.py"
-EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("main_exorl")
 
@@ -380,7 +379,7 @@ def _task(hydra_cfg: Any) -> list[dict[str, Any]]:
         errors.fail(
             PROG,
             f"interrupted ({error or 'KeyboardInterrupt'}); rerun the same command to continue from the last checkpoint",
-            EXIT_INTERRUPTED,
+            errors.EXIT_INTERRUPTED,
         )
 
 
