@@ -99,7 +99,8 @@ class Setting:
         except (TypeError, ValueError):
             number = math.nan
         if not self.check(number):
-            raise ValueError(f"{key} must be {self.accepted}, got {number if number == number else value!r}")
+            shown = value if math.isnan(number) else number  # text that is no number, as given
+            raise ValueError(f"{key} must be {self.accepted}, got {shown!r}")
         return number
 
 
