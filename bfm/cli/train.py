@@ -62,11 +62,10 @@ class Flag:
 
     Attributes:
         key: the hydra key (or config group) it sets.
-        kind: value (key=value, quoted when needed), list (key=[a,b]), group (a config group option,
+        kind: value (key=value, quoted when needed), list (one or more values, key=[a,b]), group (a config group option,
             checked by ``_check_choices``; a comma list sweeps with -m), logger (the logger group:
             wandb when the flag is on, csv when off).
         type: argparse type of a value (None: text).
-        many: takes one or more values.
         boolean: ``--x`` / ``--no-x``.
         help: help text; None: the config field's documentation and default.
         aliases: other spellings.
@@ -75,7 +74,6 @@ class Flag:
     key: str
     kind: str = "value"
     type: Callable[[str], Any] | None = None
-    many: bool = False
     boolean: bool = False
     help: str | None = None
     aliases: tuple[str, ...] = ()
@@ -93,10 +91,10 @@ FLAGS: dict[str, Flag] = {
     "model_dimension": Flag("agent.memory.model_dimension", type=int),
     "recurrent_F": Flag("agent.recurrent_F", boolean=True, help="memory in F and pi"),
     "recurrent_B": Flag("agent.recurrent_B", boolean=True, help="memory in B"),
-    "eval_tasks": Flag("env.eval_tasks", "list", many=True, aliases=("--eval_task",)),
+    "eval_tasks": Flag("env.eval_tasks", "list", aliases=("--eval_task",)),
     **{key: Flag(f"env.{key}", type=float) for key in envs.pomdp.SETTINGS},
-    "train_multipliers": Flag("env.train_multipliers", "list", type=float, many=True),
-    "eval_multipliers": Flag("env.eval_multipliers", "list", type=float, many=True),
+    "train_multipliers": Flag("env.train_multipliers", "list", type=float),
+    "eval_multipliers": Flag("env.eval_multipliers", "list", type=float),
     "learning_steps": Flag("train.learning_steps", type=int),
     "batch_size": Flag("train.batch_size", type=int),
     "episodes": Flag("env.episodes", type=int),
@@ -135,7 +133,7 @@ def build_parser() -> errors.Parser:
         if flag.boolean:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            options.update(type=flag.type, nargs="+" if flag.many else None)
+            options.update(type=flag.type, nargs="+" if flag.kind == "list" else None)
         help_text = flag.help if flag.help is not None else tc.field_help(flag.key)
         p.add_argument(*flag.aliases, f"--{name}", help=help_text.replace("%", "%%"), **options)
     p.add_argument(
