@@ -12,10 +12,12 @@ generator (``AgentBase.draws``), so seed k follows its single-seed run up to the
 batched matmuls. Small models, whose update is dominated by per-operation overhead, get K updates
 for little more than the price of one.
 
-The agents' own parameters and buffers are views of the stacked tensors, so evaluating or
-saving agent k needs no copy; its optimizer state is written into the agent's own optimizers by
-``export_optimizer_state`` (before a checkpoint) and read back by ``import_optimizer_state``
-(after one is loaded).
+``SeedBatch`` is the one owner of the seeds' training state: the stacked weights, buffers and
+optimizer states live only here, and the agents keep their generators (the draws of every update
+come from them). ``state_dict(k)`` / ``load_state_dict(k, state)`` read and write seed k's state in
+the single-seed agent's format, so a seed's checkpoint is the one its single-seed run would write
+and either kind of run resumes from it; ``agent(k)`` copies seed k's current weights into agent k
+(for an evaluation) and returns it.
 
 What cannot be batched (``unbatchable_reason``): dropout in training mode (the transformer's, 0.05
 by default), whose masks a single-seed run draws from torch's global generator; the trainer then
@@ -110,22 +112,16 @@ class SeedBatch:
     # ------------------------------------------------------------------------------------------
     # stacking
 
-    def _containers(self) -> list[nn.ModuleDict]:
-        """Each agent's modules, named as in ``_Stages`` (``parts.<module>.<parameter>``)."""
-        return [nn.ModuleDict({"parts": nn.ModuleDict(agent.modules())}) for agent in self.agents]
-
     def _stack(self, named: Any) -> dict[str, torch.Tensor]:
-        """One [K, ...] tensor per parameter (or buffer) name; each agent's tensor becomes a view of
-        its slice, so the agents always hold their seed's current weights."""
-        per_agent = [dict(named(container)) for container in self._containers()]
+        """One [K, ...] tensor per parameter (or buffer) name (``parts.<module>.<name>``), a copy of
+        the agents' tensors, in seed order."""
+        per_agent = [dict(named(_parts(agent))) for agent in self.agents]
         stacked = {}
         for name, tensor in per_agent[0].items():
             value = torch.stack([tensors[name].detach() for tensors in per_agent])  # [K, ...]
             if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
                 value.requires_grad_(True)
             stacked[name] = value
-            for k, tensors in enumerate(per_agent):
-                tensors[name].data = value.data[k]
         return stacked
 
     def _stacked_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -143,32 +139,69 @@ class SeedBatch:
             stacked[key] = type(optimizer)(groups, **optimizer.defaults)
         return stacked
 
-    def export_optimizer_state(self) -> None:
-        """Writes seed k's slice of every stacked optimizer state into agent k's own optimizers
-        (before the agents are saved)."""
-        for key, stacked in self.optimizers.items():
-            params = optimizer_params(stacked)
-            for k, agent in enumerate(self.agents):
-                own = agent.optimizers()[key]
-                for p_stacked, p_own in zip(params, optimizer_params(own), strict=True):
-                    state = stacked.state.get(p_stacked)
-                    if state:
-                        own.state[p_own] = {n: _slice(v, k, p_stacked) for n, v in state.items()}
+    # ------------------------------------------------------------------------------------------
+    # seed k's state, in the single-seed agent's format
 
-    def import_optimizer_state(self) -> None:
-        """Stacks the agents' optimizer states into the stacked optimizers (after the agents were
-        loaded from checkpoints; their weights arrive through the views)."""
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.params, **self.buffers}
+
+    def state_dict(self, k: int) -> dict[str, Any]:
+        """Seed k's state as its single-seed agent's ``state_dict`` gives it (copies)."""
+        modules: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.template.modules()}
+        for name, value in self._tensors().items():
+            module, key = name.removeprefix("parts.").split(".", 1)
+            modules[module][key] = value.detach()[k].clone()
+        optimizers = {}
         for key, stacked in self.optimizers.items():
-            owns = [agent.optimizers()[key] for agent in self.agents]
-            for i, p_stacked in enumerate(optimizer_params(stacked)):
-                states = [own.state.get(optimizer_params(own)[i]) for own in owns]
-                if not all(states):
-                    stacked.state.pop(p_stacked, None)
+            state = stacked.state_dict()  # the stacked tensors themselves, not copies
+            params = optimizer_params(stacked)
+            state["state"] = {
+                index: {entry: _slice(value, k, params[index]) for entry, value in entries.items()}
+                for index, entries in state["state"].items()
+            }
+            optimizers[key] = state
+        return {
+            "modules": modules,
+            "optimizers": optimizers,
+            "generator": self.agents[k].generator.get_state(),
+        }
+
+    def load_state_dict(self, k: int, state: dict[str, Any]) -> None:
+        """Writes a single-seed agent state (``AgentBase.state_dict``, a checkpoint's) into seed k.
+
+        The shared entries of the optimizer states (Adam's step count) are the last loaded seed's:
+        the seeds of a run are always at one step."""
+        with torch.no_grad():
+            for name, value in self._tensors().items():
+                module, key = name.removeprefix("parts.").split(".", 1)
+                value[k].copy_(state["modules"][module][key])
+        for key, stacked in self.optimizers.items():
+            if key not in state.get("optimizers", {}):
+                continue
+            saved = state["optimizers"][key]["state"]
+            for index, param in enumerate(optimizer_params(stacked)):
+                if index not in saved:
                     continue
-                stacked.state[p_stacked] = {
-                    n: torch.stack([s[n] for s in states]) if _per_element(v, p_stacked) else v.clone()
-                    for n, v in states[0].items()
-                }
+                entries = stacked.state.setdefault(param, {})
+                for entry, value in saved[index].items():
+                    if _per_element(value, param):
+                        if entry not in entries:
+                            entries[entry] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        entries[entry][k].copy_(value)
+                    else:
+                        entries[entry] = value.clone() if isinstance(value, torch.Tensor) else value
+        if "generator" in state:
+            self.agents[k].generator.set_state(state["generator"].cpu())
+
+    def agent(self, k: int) -> AgentBase:
+        """Agent k with seed k's current weights and buffers copied in (its optimizers stay empty:
+        the batch owns the optimizer state)."""
+        agent = self.agents[k]
+        tensors = dict(_parts(agent).named_parameters()) | dict(_parts(agent).named_buffers())
+        with torch.no_grad():
+            for name, value in self._tensors().items():
+                tensors[name].copy_(value[k])
+        return agent
 
     # ------------------------------------------------------------------------------------------
     # the update
@@ -222,13 +255,19 @@ def _stack_tuples(tuples: list[Any]) -> Any:
     return type(tuples[0])(*(torch.stack(values) for values in zip(*tuples, strict=True)))
 
 
-def _per_element(value: Any, param: torch.Tensor) -> bool:
-    """An optimizer state entry with one value per parameter element (Adam's moments), as
-    opposed to shared scalars (the step count)."""
-    return isinstance(value, torch.Tensor) and value.shape == param.shape[1:]
+def _parts(agent: AgentBase) -> nn.ModuleDict:
+    """An agent's modules, named as in ``_Stages`` (``parts.<module>.<parameter>``)."""
+    return nn.ModuleDict({"parts": nn.ModuleDict(agent.modules())})
+
+
+def _per_element(value: Any, stacked_param: torch.Tensor) -> bool:
+    """A single seed's optimizer state entry with one value per parameter element (Adam's
+    moments), as opposed to shared scalars (the step count)."""
+    return isinstance(value, torch.Tensor) and value.shape == stacked_param.shape[1:]
 
 
 def _slice(value: Any, k: int, stacked_param: torch.Tensor) -> Any:
+    """Seed k's part of a stacked optimizer state entry (a copy)."""
     if isinstance(value, torch.Tensor):
         return value[k].clone() if value.shape == stacked_param.shape else value.clone()
     return value

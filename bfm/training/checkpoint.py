@@ -32,6 +32,7 @@ import os
 import pickle
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,14 @@ CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
-def save_agent(directory: str | Path, agent: Any) -> Path:
+def save_agent(directory: str | Path, agent: Any, state: dict[str, Any] | None = None) -> Path:
     """Writes ``agent`` (an FB or HILP agent) into ``directory`` (created if needed).
+
+    Args:
+        directory: where to write.
+        agent: the agent (its name, sizes, seed and config).
+        state: the state to write, in ``agent.state_dict()``'s format (default: the agent's own;
+            a several-seeds run passes its seed's, ``SeedBatch.state_dict(k)``).
 
     Returns:
         The directory.
@@ -68,7 +75,7 @@ def save_agent(directory: str | Path, agent: Any) -> Path:
         "config": dataclasses.asdict(agent.config),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    state = agent.state_dict()
+    state = agent.state_dict() if state is None else state
     weights = {
         f"{module}.{key}": tensor.detach().cpu().contiguous().clone()
         for module, module_state in state["modules"].items()
@@ -103,7 +110,12 @@ def load_agent(directory: str | Path, device: torch.device | str = "cpu") -> Any
     return restore_agent(agent, directory)
 
 
-def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = True) -> Any:
+def restore_agent(
+    agent: Any,
+    directory: str | Path,
+    restore_generator: bool = True,
+    load: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
     """Restores the checkpoint in ``directory`` into ``agent`` (same algorithm and sizes), on the
     agent's own device, and returns it.
 
@@ -112,6 +124,8 @@ def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = T
         directory: an agent directory written by ``save_agent``.
         restore_generator: also restore the agent's random generator (False when the checkpoint
             comes from another device type, whose generator states do not fit).
+        load: what takes the state (default ``agent.load_state_dict``; a several-seeds run passes
+            its seed's ``SeedBatch.load_state_dict``).
     """
     directory = Path(directory)
     _read_meta(directory)
@@ -128,7 +142,7 @@ def restore_agent(agent: Any, directory: str | Path, restore_generator: bool = T
         )
     if not restore_generator:
         state.pop("generator", None)
-    agent.load_state_dict(state)
+    (agent.load_state_dict if load is None else load)(state)
     return agent
 
 
@@ -276,7 +290,12 @@ def set_aside_damaged(point: ResumePoint) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, agent: Any, buffer: Any, extra: dict[str, Any] | None = None
+    run_dir: Path,
+    step: int,
+    agent: Any,
+    buffer: Any,
+    extra: dict[str, Any] | None = None,
+    agent_state: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a complete checkpoint atomically and prunes old ones.
 
@@ -286,6 +305,7 @@ def save_checkpoint(
         agent: the agent (``save_agent`` writes weights, optimizers and config).
         buffer: the sequence buffer (its ``state_dict()``, the states of its generators, is saved).
         extra: more trainer state to restore on resume (tensors and plain Python values).
+        agent_state: the agent's state when the agent does not hold it (``save_agent``'s ``state``).
 
     Returns:
         The checkpoint directory.
@@ -300,7 +320,7 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         try:
-            save_agent(tmp / "agent", agent)
+            save_agent(tmp / "agent", agent, agent_state)
         except (RuntimeError, SafetensorError) as error:  # safetensors' "StorageFull" on a full disk
             raise disk_error(error, tmp / "agent") from error
         state = {
@@ -342,8 +362,11 @@ def _reseed(generator: torch.Generator, step: int) -> None:
     generator.manual_seed(int(seed >> 1))
 
 
-def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
-    """Restores the agent (with its generator), the buffer's generators and the global RNGs.
+def load_checkpoint(
+    path: Path, agent: Any, buffer: Any, load: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Restores the agent (with its generator), the buffer's generators and the global RNGs
+    (``load``: what takes the agent's state, as in ``restore_agent``).
 
     A checkpoint written on another device type (a GPU run resumed on a CPU, or the reverse) holds
     torch generator states that do not fit this device's generators: the weights, optimizers and
@@ -358,7 +381,7 @@ def load_checkpoint(path: Path, agent: Any, buffer: Any) -> dict[str, Any]:
     here = torch.device(agent.device).type
     same_device = state["device_type"] == here
     try:
-        restore_agent(agent, Path(path) / "agent", restore_generator=same_device)
+        restore_agent(agent, Path(path) / "agent", restore_generator=same_device, load=load)
     except (RuntimeError, KeyError, ValueError) as error:  # another algorithm's or size's weights
         raise CheckpointError(
             f"checkpoint {path} does not fit this run's agent ({str(error).splitlines()[0][:160]}); "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -169,16 +170,15 @@ class Trainer:
             self._checkpoint(0)
             return 0
         steps = set()
-        for run, path in zip(self.runs, paths, strict=True):
+        for k, (run, path) in enumerate(zip(self.runs, paths, strict=True)):
+            load = None if self.seed_batch is None else functools.partial(self.seed_batch.load_state_dict, k)
             with run.global_rng():
-                state = load_checkpoint(path, run.agent, run.buffer)
+                state = load_checkpoint(path, run.agent, run.buffer, load)
             run.logger.rewind(state["step"])
             run.last_checkpoint = (state["step"], path)
             steps.add(int(state["step"]))
         if len(steps) > 1:
             raise ValueError(f"the seeds' checkpoints are at different steps {sorted(steps)}")
-        if self.seed_batch is not None:
-            self.seed_batch.import_optimizer_state()
         return steps.pop()
 
     def _update(self, step: int) -> None:
@@ -218,9 +218,10 @@ class Trainer:
 
     def _evaluate(self, step: int, bar: Any) -> None:
         means = []
-        for run in self.runs:
+        for k, run in enumerate(self.runs):
+            agent = run.agent if self.seed_batch is None else self.seed_batch.agent(k)
             with run.global_rng():
-                result = run.evaluator.evaluate(run.agent, step)
+                result = run.evaluator.evaluate(agent, step)
             run.logger.log_eval(step, result.rows(), result.summary())
             seed = f" seed {run.cfg.seed}" if len(self.runs) > 1 else ""
             log.info(
@@ -236,11 +237,10 @@ class Trainer:
             bar.set_postfix(eval_iqm=" ".join(f"{m:.1f}" for m in means))
 
     def _checkpoint(self, step: int) -> None:
-        if self.seed_batch is not None:
-            self.seed_batch.export_optimizer_state()
-        for run in self.runs:
+        for k, run in enumerate(self.runs):
+            state = None if self.seed_batch is None else self.seed_batch.state_dict(k)
             with run.global_rng():
-                path = save_checkpoint(run.run_dir, step, run.agent, run.buffer)
+                path = save_checkpoint(run.run_dir, step, run.agent, run.buffer, agent_state=state)
             run.last_checkpoint = (step, path)
 
     def _interrupt(self, step: int) -> None:
