@@ -66,3 +66,30 @@ def disk_error(error: Exception, path: Path) -> BaseException:
     if full or "No space left" in str(error) or "StorageFull" in str(error):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     return error
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself when it exists, else the nearest folder above it that does (where a
+    ``mkdir(parents=True)`` of ``path`` would start writing)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stops ``folder`` from being created (``folder`` itself or a parent that is a
+    file, not a folder), or None."""
+    existing = nearest_existing(Path(folder))
+    return None if existing.is_dir() else existing
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` cannot be created or written in ("<path> is a file, not a folder", "<path> is
+    not writable", naming ``folder`` or the nearest existing folder above it), or None."""
+    existing = nearest_existing(Path(folder))
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None

@@ -3,6 +3,7 @@ nothing written. Also the flag -> hydra override translation."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -468,6 +469,23 @@ def test_run_dir_that_cannot_be_created_is_refused(data_dir: Path, tmp_path: Pat
     assert (
         f"run directory {run_dir}: {tmp_path / 'a_file'} is a file, not a folder; choose another --run_dir"
         in line
+    )
+
+
+def test_a_folder_that_is_not_writable_is_named(data_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The trainer's and the reformatter's folder checks share ``files.unwritable`` (root passes
+    any permission check, so the refusal is simulated)."""
+    from bfm import files
+
+    locked_dir = tmp_path / "locked"
+    locked_dir.mkdir()
+    assert files.unwritable(locked_dir / "a" / "b") is None
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked_dir and real_access(path, mode))
+    assert files.unwritable(locked_dir / "a" / "b") == f"{locked_dir} is not writable"
+    line = fail(["fb", "walker", "rnd", f"--data_dir={data_dir}", f"--run_dir={locked_dir / 'run'}"], capsys)
+    assert (
+        f"run directory {locked_dir / 'run'}: {locked_dir} is not writable; choose another --run_dir" in line
     )
 
 

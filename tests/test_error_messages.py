@@ -98,7 +98,7 @@ def test_the_enumeration_finds_the_error_sites() -> None:
     sites = error_sites()
     texts = [text for _, _, text, _ in sites]
     assert len(sites) > 100
-    assert any("is a file, not a folder; choose another --run_dir" in t for t in texts)  # a raise
+    assert any(t == "run directory {}: {}; choose another --run_dir (or run_root)" for t in texts)  # a raise
     assert any(f == "bfm/cli/report.py" and "pass run directories" in t for f, _, t, _ in sites)  # a fail
     assert any(t.startswith("settings names unknown memory model(s)") for t in texts)  # SettingError
 

@@ -45,9 +45,10 @@ from bfm.data.exorl import (
 )
 from bfm.data.reformat import DOWNLOAD_FILE, reformat
 from bfm.envs import DOMAINS
+from bfm.files import file_in_the_way, unwritable
 from bfm.training.builders import resolve_device
 from bfm.training.config import ConfigError
-from bfm.training.run_dir import file_in_the_way, locked, nearest_existing, writable_folder
+from bfm.training.run_dir import locked
 
 PROG = "exorl_reformatter.py"
 logger = logging.getLogger("exorl_reformatter")
@@ -242,15 +243,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--base_url {args.base_url!r} is not an http:// or https:// address; accepted: an http(s) URL (default {EXORL_BASE_URL})"
         )
-    existing = nearest_existing(Path(args.data_dir))
-    if not existing.is_dir():
-        raise ConfigError(
-            f"--data_dir {args.data_dir}: {existing} is a file, not a folder; choose another --data_dir"
-        )
-    if not writable_folder(existing):
-        raise ConfigError(
-            f"--data_dir {args.data_dir}: {existing} is not writable; choose another --data_dir"
-        )
+    reason = unwritable(args.data_dir)
+    if reason is not None:
+        raise ConfigError(f"--data_dir {args.data_dir}: {reason}; choose another --data_dir")
     for domain, algo in args.pairs:
         folder = buffer_dir(args.data_dir, domain, algo, args.multiplier)
         blocker = file_in_the_way(folder)

@@ -16,9 +16,9 @@ from bfm import agents, envs
 from bfm.agents.seeds import SeedBatch, unbatchable_reason
 from bfm.data import SequenceBuffer, dataset_path
 from bfm.data.exorl import create_command
+from bfm.files import file_in_the_way
 from bfm.training.config import ConfigError, RunConfig
 from bfm.training.evaluation import Evaluator
-from bfm.training.run_dir import file_in_the_way
 
 log = logging.getLogger(__name__)
 

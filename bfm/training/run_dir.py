@@ -31,6 +31,7 @@ from typing import Any
 import filelock
 import yaml
 
+from bfm.files import unwritable
 from bfm.training.checkpoint import ResumePoint, checkpoint_problem, resume_point, set_aside_damaged
 from bfm.training.config import ConfigError, RunConfig, incompatible_keys, run_config_from_dict
 
@@ -189,37 +190,11 @@ def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("_")[-1])
 
 
-def nearest_existing(path: Path) -> Path:
-    """``path`` itself when it exists, else the nearest folder above it that does (where a
-    ``mkdir(parents=True)`` of ``path`` would start writing)."""
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def file_in_the_way(folder: Path) -> Path | None:
-    """The file that stops ``folder`` from being created (``folder`` itself or a parent that is a
-    file, not a folder), or None."""
-    existing = nearest_existing(Path(folder))
-    return None if existing.is_dir() else existing
-
-
-def writable_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder this process may create entries in."""
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
 def _check_writable(run_dir: Path) -> None:
     """The run directory, or the nearest folder above it that exists, must be writable."""
-    existing = nearest_existing(run_dir)
-    if not existing.is_dir():
-        raise ConfigError(
-            f"run directory {run_dir}: {existing} is a file, not a folder; choose another --run_dir "
-            "(or run_root)"
-        )
-    if not writable_folder(existing):
-        raise ConfigError(f"run directory {run_dir}: {existing} is not writable; choose another --run_dir")
+    reason = unwritable(run_dir)
+    if reason is not None:
+        raise ConfigError(f"run directory {run_dir}: {reason}; choose another --run_dir (or run_root)")
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
