@@ -55,10 +55,10 @@ def bench_sampling(path: Path, args: argparse.Namespace) -> None:
     noise = make_transform("noise", "walker")
     settings = {
         "identity": {},
-        "noise (frozen)": {"dynamics_transform": noise, "rewards_transform": noise},
+        "noise (frozen)": {"obs_transform": noise, "goal_transform": noise},
         "noise (resampled per batch)": {
-            "dynamics_transform": noise,
-            "rewards_transform": noise,
+            "obs_transform": noise,
+            "goal_transform": noise,
             "resample_per_batch": True,
         },
     }

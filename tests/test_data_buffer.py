@@ -180,7 +180,7 @@ def test_seeded_and_no_global_rng(encoded):
 
 
 def same_row_same_value(buffer: SequenceBuffer) -> float:
-    """Fraction of stored rows sampled in two batches whose B-stream value was identical."""
+    """Fraction of stored rows sampled in two batches whose goal-stream value was identical."""
     seen, same = {}, []
     for _ in range(2):
         batch = buffer.sample(2000)
@@ -201,7 +201,7 @@ def test_pomdp_streams_frozen_and_resampled(encoded):
     batch = frozen.sample(256)
     assert batch.obs_window.shape[-1] == 15 and batch.goal_window.shape[-1] == INFO.obs_dim
     # Frozen noise: a stored row (identified through the exact occluded F-stream) always carries the
-    # same B-stream noise; resampled noise differs between batches.
+    # same goal-stream noise; resampled noise differs between batches.
     assert same_row_same_value(frozen) == 1.0
     resampled = SequenceBuffer(encoded, DOMAIN, None, 4, 2, occluded, noise, seed=0, resample_per_batch=True)
     assert (resampled.obs_dim, resampled.goal_dim) == (15, INFO.obs_dim)

@@ -74,8 +74,8 @@ def make_agent(
 
     Args:
         name: fb, fb_m, hilp or hilp_m.
-        obs_dim: F/pi-stream observation width.
-        goal_dim: B-stream (goal) observation width.
+        obs_dim: obs-stream observation width.
+        goal_dim: goal-stream observation width.
         action_dim: action width.
         config: ``FBConfig`` / ``HILPConfig``, a dict of their fields, or None for the defaults.
         device: training device.

@@ -113,8 +113,8 @@ class FBModel(nn.Module, InferenceMixin):
     """The online FB networks and their inference API.
 
     Args:
-        obs_dim: F/pi-stream observation width.
-        goal_dim: B-stream observation width.
+        obs_dim: obs-stream observation width.
+        goal_dim: goal-stream observation width.
         action_dim: action width.
         config: ``FBConfig``.
     """
@@ -131,7 +131,7 @@ class FBModel(nn.Module, InferenceMixin):
         """B of windows, in chunks of ``config.inference_chunk``.
 
         Args:
-            goal_window: [N, L, g] B-stream windows ending at the represented state (only the
+            goal_window: [N, L, g] goal-stream windows ending at the represented state (only the
                 last row is read when B has no memory).
             goal_action_window: [N, L, a] action taken at each row.
 
@@ -149,7 +149,7 @@ class FBModel(nn.Module, InferenceMixin):
         """Zero-shot task inference z = sqrt(d) normalise(mean_i r_i B(window_i)).
 
         Args:
-            goal_window: [N, L_B, g] labelled B-stream windows (training order, last row the
+            goal_window: [N, L_B, g] labelled goal-stream windows (training order, last row the
                 labelled state).
             goal_action_window: [N, L_B, a] action taken at each row.
             reward: [N] reward of each labelled state, or [N, K] for K tasks at once.
@@ -203,7 +203,7 @@ class FBAgent(AgentBase):
         """z = B(goal window) [n, d] (goal reaching in the FB papers); the current windows are unused.
 
         Args:
-            goal_window: [n, L_B, g] B-stream windows ending at the goal; goal_action_window:
+            goal_window: [n, L_B, g] goal-stream windows ending at the goal; goal_action_window:
                 [n, L_B, a] actions taken at those rows.
         """
         return self.model.backward(goal_window, goal_action_window)  # [n, d], norm sqrt(d)

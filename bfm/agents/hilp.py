@@ -125,7 +125,7 @@ class HILPModel(nn.Module, InferenceMixin):
         """The exposed features phi(window) [N, d] (centred phi_1), in chunks of ``inference_chunk``.
 
         Args:
-            goal_window: [N, L_B, g] B-stream windows ending at the represented state.
+            goal_window: [N, L_B, g] goal-stream windows ending at the represented state.
             goal_action_window: [N, L_B, a] action taken at each row.
         """
         return self._goal_windows_in_chunks(

@@ -9,7 +9,7 @@ with its own memory model (``memory.make_memory``). Token pairings (``data.batch
 
 - F / psi: tokens (o_k, a_k), a_k the action taken at o_k (the current action is the last token);
 - pi: tokens (o_k, a_{k-1}), each observation with the action that led to it;
-- B / phi: tokens (g_k, a_k), g the B-stream observation, a_k the action taken at g_k.
+- B / phi: tokens (g_k, a_k), g the goal-stream observation, a_k the action taken at g_k.
 
 The widths come from the config (``hidden_dim``, ``head_hidden_dim``); its defaults follow the
 official code (enjeeneer/bfms-with-memory): 512-wide preprocessors (Linear -> LayerNorm -> tanh ->
@@ -109,7 +109,7 @@ class HistoryNetwork(nn.Module):
     the subclass sets ``memoryless_reads_action`` (F), o_t otherwise (pi). Subclasses add the head.
 
     Args:
-        obs_dim: F/pi-stream observation width.
+        obs_dim: obs-stream observation width.
         action_dim: action width.
         z_dim: d.
         recurrent: use a memory model over the window.
@@ -235,7 +235,7 @@ class BackwardMap(nn.Module):
     unless ``memory_settings`` set ``num_layers``.
 
     Args:
-        goal_dim: B-stream observation width.
+        goal_dim: goal-stream observation width.
         action_dim: action width.
         z_dim: d.
         recurrent: use a memory model over the window.
@@ -280,7 +280,7 @@ class BackwardMap(nn.Module):
         """B of a window.
 
         Args:
-            goal: [N, L, g] B-stream observations, the last row the represented state.
+            goal: [N, L, g] goal-stream observations, the last row the represented state.
             action: [N, L, a] action taken at each row (unused without memory).
 
         Returns:

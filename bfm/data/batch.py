@@ -10,9 +10,9 @@ step; ``T-1`` so that the action taken at ``obs[s]`` exists), and means
 Windows are stored one row longer than the context so that the current and the next-step
 histories are slices of the same tensor (no second gather):
 
-- ``obs_window[:, j]``          = F/pi-stream obs[s - L_F + j],            j = 0..L_F
+- ``obs_window[:, j]``          = obs-stream obs[s - L_F + j],            j = 0..L_F
 - ``prev_action_window[:, j]``  = action[s - L_F + j] (the action that led to that obs)
-- ``goal_window[:, j]``         = B-stream obs[s - L_B + j],               j = 0..L_B
+- ``goal_window[:, j]``         = goal-stream obs[s - L_B + j],               j = 0..L_B
 - ``goal_action_window[:, j]``  = action[s - L_B + j + 1] (the action taken *at* that goal obs)
 
 Rows before the episode start repeat ``obs[0]`` (or zeros with ``pad_with_zeros``) and carry a
@@ -78,9 +78,9 @@ class Batch:
     """A batch of training windows. All tensors live on the training device, float32.
 
     Attributes:
-        obs_window: [B, L_F + 1, obs_dim] F/pi-stream observations ending at o_{t+1}.
+        obs_window: [B, L_F + 1, obs_dim] obs-stream observations ending at o_{t+1}.
         prev_action_window: [B, L_F + 1, act_dim] action that led to each row of obs_window.
-        goal_window: [B, L_B + 1, goal_dim] B-stream observations ending at g_{t+1}.
+        goal_window: [B, L_B + 1, goal_dim] goal-stream observations ending at g_{t+1}.
         goal_action_window: [B, L_B + 1, act_dim] action taken at each row of goal_window.
         sampled_goal_window: [B, L_B, goal_dim] sampled goal windows (future or random state), or
             None when the batch spec asks for no goals.
@@ -113,10 +113,10 @@ class Batch:
 
 @dataclass
 class LabelledWindows:
-    """Reward-labelled B-stream windows for zero-shot task inference.
+    """Reward-labelled goal-stream windows for zero-shot task inference.
 
     Attributes:
-        goal_window: [N, L_B, goal_dim] B-stream observations ending at the labelled row s.
+        goal_window: [N, L_B, goal_dim] goal-stream observations ending at the labelled row s.
         goal_action_window: [N, L_B, act_dim] actions taken at those observations.
         rewards: task name -> [N] reward R(physics[s]) of the labelled row.
         index: [N] storage row of each labelled state (``SequenceBuffer.physics_rows`` reads its

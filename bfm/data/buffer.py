@@ -47,7 +47,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 
 class SequenceBuffer:
-    """Offline ExORL episodes sampled as F/pi-stream, B-stream and HILP-goal history windows.
+    """Offline ExORL episodes sampled as obs-stream, goal-stream and HILP-goal history windows.
 
     Args:
         paths: one ``dataset.npz`` or several (several train multipliers, concatenated; the
@@ -56,8 +56,8 @@ class SequenceBuffer:
         episodes: number of episodes to load; None loads all.
         history_length: L_F, context length of F and pi.
         backward_history_length: L_B, context length of B (and HILP's phi).
-        dynamics_transform: POMDP transform of the F/pi stream (``envs.make_transform``); None = identity.
-        rewards_transform: POMDP transform of the B stream; None = identity.
+        obs_transform: POMDP transform of the obs stream (``envs.make_transform``); None = identity.
+        goal_transform: POMDP transform of the goal stream; None = identity.
         seed: run seed; every random draw comes from generators derived from it.
         device: training device; the arrays live there.
         resample_per_batch: re-draw the POMDP corruption for every batch instead of freezing one draw
@@ -81,8 +81,8 @@ class SequenceBuffer:
         episodes: int | None,
         history_length: int,
         backward_history_length: int,
-        dynamics_transform: Any = None,
-        rewards_transform: Any = None,
+        obs_transform: Any = None,
+        goal_transform: Any = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
         resample_per_batch: bool = False,
@@ -103,7 +103,7 @@ class SequenceBuffer:
         self.history_length, self.backward_history_length = history_length, backward_history_length
         self.device = torch.device(device)
         self.resample_per_batch, self.pad_with_zeros = resample_per_batch, pad_with_zeros
-        self._transforms = (dynamics_transform, rewards_transform)
+        self._transforms = (obs_transform, goal_transform)
         self._seed_generators(seed)
         self.verify_checksums = verify_checksums
 
@@ -122,11 +122,11 @@ class SequenceBuffer:
         self._rewards = {t: torch.from_numpy(r.reshape(-1)).to(self.device) for t, r in rewards.items()}
         if resample_per_batch:
             self._obs_f = self._obs_b = self._flat(obs)
-            self.obs_dim = self._out_dim(dynamics_transform)
-            self.goal_dim = self._out_dim(rewards_transform)
+            self.obs_dim = self._out_dim(obs_transform)
+            self.goal_dim = self._out_dim(goal_transform)
         else:
-            obs_f = obs if _is_identity(dynamics_transform) else dynamics_transform(obs, self._np_rngs[0])
-            obs_b = obs if _is_identity(rewards_transform) else rewards_transform(obs, self._np_rngs[1])
+            obs_f = obs if _is_identity(obs_transform) else obs_transform(obs, self._np_rngs[0])
+            obs_b = obs if _is_identity(goal_transform) else goal_transform(obs, self._np_rngs[1])
             self.obs_dim, self.goal_dim = obs_f.shape[-1], obs_b.shape[-1]
             self._obs_f = self._flat(obs_f)
             self._obs_b = self._obs_f if obs_b is obs_f else self._flat(obs_b)
@@ -288,7 +288,7 @@ class SequenceBuffer:
     def _obs_windows(
         self, stream: int, episode: torch.Tensor, rows: torch.Tensor, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
-        """Observation windows [B, L, D] of one stream (0: F/pi, 1: B), corruption re-drawn if asked
+        """Observation windows [B, L, D] of one stream (0: obs, 1: goal), corruption re-drawn if asked
         (from ``rng``, default the stream's own generator)."""
         array = self._obs_f if stream == 0 else self._obs_b
         out = self._gather(array, self._obs_index(episode, rows))  # [B, L, D]
@@ -366,7 +366,7 @@ class SequenceBuffer:
     def sample_labelled(
         self, n: int, tasks: Sequence[str] | None = None, seed: int | None = None
     ) -> LabelledWindows:
-        """Reward-labelled B-stream windows for zero-shot task inference.
+        """Reward-labelled goal-stream windows for zero-shot task inference.
 
         Draws n (episode, row s) pairs, s uniform in 1..T-1, from a generator separate from the
         training one (so evaluation does not shift the training batches).
@@ -374,7 +374,7 @@ class SequenceBuffer:
         Args:
             n: number of windows (the paper uses 10,000).
             tasks: tasks whose rewards are returned; default every loaded task.
-            seed: when given, every draw (rows, and a B-stream corruption re-drawn per batch)
+            seed: when given, every draw (rows, and a goal-stream corruption re-drawn per batch)
                 comes from generators made from this seed alone, so the windows are a function of
                 the seed and the data (evaluation passes one derived from the run seed and the
                 step); None draws from the buffer's own labelled generator.
@@ -403,7 +403,7 @@ class SequenceBuffer:
         )
 
     def window_at(self, episode: int, row: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The B-stream window ending at ``row`` of loaded episode ``episode``, as task inference
+        """The goal-stream window ending at ``row`` of loaded episode ``episode``, as task inference
         sees labelled windows (a corruption re-drawn per batch comes from ``seed``).
 
         Returns:

@@ -92,7 +92,7 @@ class BatchedEvalEnv:
             [n, obs_dim]) -> rewards [n]``, given the reward features and uncorrupted observations).
         multipliers: mass/damping multipliers (each > 0).
         rollouts: episodes per (task, multiplier).
-        transform: observation transform of the F/pi stream; None = identity.
+        transform: observation transform of the obs stream; None = identity.
         seed: run seed for the episode seeds and the transform's randomness.
     """
 

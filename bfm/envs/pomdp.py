@@ -38,14 +38,14 @@ class DomainSpec:
     Attributes:
         domain: walker, cheetah or quadruped.
         variant: None, flickering, noise, sensors or occluded.
-        corrupt_dynamics: whether the F/pi stream is transformed.
-        corrupt_rewards: whether the B stream (also used for task inference) is transformed.
+        corrupt_obs: whether the obs stream (read by F and the policy) is transformed.
+        corrupt_goal: whether the goal stream (read by B or phi, and by task inference) is transformed.
     """
 
     domain: str
     variant: str | None
-    corrupt_dynamics: bool
-    corrupt_rewards: bool
+    corrupt_obs: bool
+    corrupt_goal: bool
 
 
 def valid_domain_names() -> list[str]:
@@ -258,7 +258,7 @@ def make_transform(variant: str | None, domain: str, **settings: float) -> ObsTr
 
 
 def make_stream_transforms(name: str, **settings: float) -> tuple[ObsTransform, ObsTransform]:
-    """(F/pi-stream transform, B-stream transform) for a DOMAIN string such as ``walker_rewards_noise``.
+    """(obs-stream transform, goal-stream transform) for a DOMAIN string such as ``walker_rewards_noise``.
 
     Args:
         name: a DOMAIN string accepted by ``parse_domain``.
@@ -268,6 +268,6 @@ def make_stream_transforms(name: str, **settings: float) -> tuple[ObsTransform, 
     corrupted = make_transform(spec.variant, spec.domain, **settings)
     identity = ObsTransform(spec.domain)
     return (
-        corrupted if spec.corrupt_dynamics else identity,
-        corrupted if spec.corrupt_rewards else identity,
+        corrupted if spec.corrupt_obs else identity,
+        corrupted if spec.corrupt_goal else identity,
     )

@@ -369,7 +369,7 @@ class GoalReward:
         goal_observation: the goal's uncorrupted observation [obs_dim].
         threshold: distance counted as reaching the goal.
         source: what the user wrote (``EPISODE:STEP`` or a file).
-        window: [1, L_B, goal_dim] the goal as the agent's B-stream sees it (ending at the goal),
+        window: [1, L_B, goal_dim] the goal as the agent's goal stream sees it (ending at the goal),
             for the agent's ``goal_z``; action_window: [1, L_B, action_dim] the actions taken there.
     """
 

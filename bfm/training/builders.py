@@ -30,15 +30,15 @@ class EnvSetup:
     Attributes:
         domain: base domain (walker, cheetah, quadruped).
         variant: POMDP variant or None.
-        dynamics_transform: transform of the F/pi stream (dataset and evaluation observations).
-        rewards_transform: transform of the B stream (dataset goals, task inference).
+        obs_transform: transform of the obs stream (dataset and evaluation observations).
+        goal_transform: transform of the goal stream (dataset goals, task inference).
         tasks: evaluation tasks.
     """
 
     domain: str
     variant: str | None
-    dynamics_transform: Any
-    rewards_transform: Any
+    obs_transform: Any
+    goal_transform: Any
     tasks: list[str]
 
 
@@ -138,8 +138,8 @@ def make_buffer(
         episodes=cfg.env.episodes,
         history_length=cfg.history_length,
         backward_history_length=cfg.backward_history_length,
-        dynamics_transform=setup.dynamics_transform,
-        rewards_transform=setup.rewards_transform,
+        obs_transform=setup.obs_transform,
+        goal_transform=setup.goal_transform,
         seed=cfg.seed,
         device=device,
         resample_per_batch=cfg.env.resample_per_batch,
@@ -182,7 +182,7 @@ def make_evaluator(cfg: RunConfig, setup: EnvSetup, buffer: Any, device: torch.d
             setup.tasks,
             cfg.env.eval_multipliers,
             cfg.train.eval_rollouts,
-            setup.dynamics_transform,
+            setup.obs_transform,
             seed,
         )
 

@@ -1,6 +1,6 @@
 """Zero-shot evaluation (docs/training.md).
 
-For every task, z is inferred once from reward-labelled B-stream windows of the training
+For every task, z is inferred once from reward-labelled goal-stream windows of the training
 buffer. Then every (task, multiplier, rollout) episode runs in one ``envs.BatchedEvalEnv`` and the
 policy acts for all of them with one batched forward per environment step:
 
@@ -187,7 +187,7 @@ class Evaluator:
 
     @torch.no_grad()
     def infer_task_z(self, agent: EvalAgent, step: int = 0) -> dict[str, torch.Tensor]:
-        """One z per task or reward prompt from ``z_inference_steps`` reward-labelled B-stream
+        """One z per task or reward prompt from ``z_inference_steps`` reward-labelled goal-stream
         windows (drawn from ``evaluation_seed(seed, step)``), and per goal prompt from
         ``agent.goal_z`` (goals whose z follows the state, HILP's, are left out: see ``_rollout``).
 

@@ -126,7 +126,7 @@ class TrainedModel:
             spec: the goal.
             threshold: posture distance that counts as reached; None takes the distance that only
                 1 % of the dataset's states are closer to the goal than.
-            domain: the evaluation domain (its B-stream transform shapes the goal window).
+            domain: the evaluation domain (its goal-stream transform shapes the goal window).
         """
         if self.agent.goal_needs_state and self.agent.obs_dim != self.agent.goal_dim:
             raise PromptError(
@@ -135,13 +135,9 @@ class TrainedModel:
                 "_dynamics_occluded / _rewards_occluded"
             )
         parsed = envs.parse_domain(domain or self.cfg.env.domain)
-        if (
-            self.agent.goal_needs_state
-            and parsed.variant
-            and parsed.corrupt_dynamics != parsed.corrupt_rewards
-        ):
+        if self.agent.goal_needs_state and parsed.variant and parsed.corrupt_obs != parsed.corrupt_goal:
             raise PromptError(
-                f"{self.agent.name}'s goal z feeds phi (a B-stream network) the policy's observations, which "
+                f"{self.agent.name}'s goal z feeds phi (a goal-stream network) the policy's observations, which "
                 f"{domain or self.cfg.env.domain} corrupts differently; use a variant that corrupts both streams or none"
             )
         buffer, setup = self._buffer(domain or self.cfg.env.domain)
@@ -185,7 +181,7 @@ class TrainedModel:
         rows = np.concatenate([np.repeat(obs[:1], max(L - len(obs), 0), axis=0), obs])[
             -L:
         ]  # pad like training
-        window = setup.rewards_transform(rows, np.random.default_rng([self.cfg.seed, 6]))[None]  # [1, L_B, g]
+        window = setup.goal_transform(rows, np.random.default_rng([self.cfg.seed, 6]))[None]  # [1, L_B, g]
         return obs[-1], window, np.zeros((1, L, buffer.action_dim), dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------
@@ -215,7 +211,7 @@ class TrainedModel:
             rewards: reward prompts (formulas, ``file.py:function`` or ``reward(...)`` objects).
             goals: goal prompts (``EPISODE:STEP``, ``.npy`` files or ``goal(...)`` objects).
             domain: the evaluation domain, any POMDP variant of the run's base domain (default the
-                run's); z inference reads the run's data through that variant's B-stream.
+                run's); z inference reads the run's data through that variant's goal stream.
             multipliers, rollouts, rollout_memory, seed, z_inference_steps: default the run's.
             video: episodes per prompt and multiplier to render (MP4 + PNG filmstrip); 0: none.
             video_every: render every N-th environment step (the video plays in real time).
@@ -313,11 +309,11 @@ class TrainedModel:
             env = dataclasses.replace(self.cfg.env, domain=domain, eval_tasks=every_task)
             cfg = dataclasses.replace(self.cfg, env=env)
             setup = builders.make_env(cfg)
-            widths = (setup.dynamics_transform.out_dim, setup.rewards_transform.out_dim)
+            widths = (setup.obs_transform.out_dim, setup.goal_transform.out_dim)
             if widths != (self.agent.obs_dim, self.agent.goal_dim):
                 raise ConfigError(
                     f"domain {domain!r} gives observations of widths {widths}, but the model takes "
-                    f"{(self.agent.obs_dim, self.agent.goal_dim)} (F/pi, B); use a variant that keeps them"
+                    f"{(self.agent.obs_dim, self.agent.goal_dim)} (obs, goal); use a variant that keeps them"
                 )
             builders.dataset_paths(cfg, setup.domain)  # a missing dataset names the command that makes it
             self._buffers[domain] = (builders.make_buffer(cfg, setup, self.device, keep_states=True), setup)
@@ -328,11 +324,15 @@ class TrainedModel:
     ) -> Evaluator:
         evaluator = builders.make_evaluator(cfg, setup, buffer, self.device)
         evaluator.tasks = tasks
-        dynamics = setup.dynamics_transform
 
         def make_eval_env(seed: int) -> envs.BatchedEvalEnv:
             return envs.BatchedEvalEnv(
-                setup.domain, tasks, cfg.env.eval_multipliers, cfg.train.eval_rollouts, dynamics, seed
+                setup.domain,
+                tasks,
+                cfg.env.eval_multipliers,
+                cfg.train.eval_rollouts,
+                setup.obs_transform,
+                seed,
             )
 
         evaluator.make_env = make_eval_env
