@@ -446,6 +446,41 @@ def absolute_returns(rows: list[dict], reps: int) -> list[str]:
     return lines
 
 
+def against_fb_lines(rows: list[dict], reps: int) -> list[str]:
+    """Every partially observed row as a return and as percent of FB's fully observed score: one
+    yardstick for the methods (the memory ablation) whose own fully observed runs are not in the study."""
+    fb = _paper_name("fb")
+    fb_full = {r["domain"]: r["runs"] for r in rows if r["method"] == fb and r["domain"] == r["base_domain"]}
+    pomdp = [r for r in rows if r["domain"] != r["base_domain"]]
+    if not pomdp:
+        return []
+    lines = [
+        "Partially observed rows as returns (IQM over runs x tasks [95 % CI], 0-1000) and as percent of",
+        "memory-free FB's fully observed score on the same domain and data (the common yardstick of",
+        "the memory ablation):",
+        "",
+        "| domain | method | seeds | return | % of FB fully observed |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(pomdp, key=lambda r: (DOMAINS.index(r["domain"]), method_order(r["method"]))):
+        raw, _ = plot_results.score_matrix(r["runs"], "final", None)  # [seeds, tasks]
+        point, lo, hi = plot_results.stratified_bootstrap_ci(raw, reps)
+        reference = fb_full.get(r["base_domain"])
+        share = "-"
+        if reference:
+            matrix, _ = plot_results.score_matrix(r["runs"], "final", reference)
+            share = plot_results._cell(*_point_ci(plot_results.stratified_bootstrap_ci(matrix, reps)), True)
+        lines.append(
+            f"| {r['domain']} | {r['method']} | {r['seeds']} | {point:.0f} [{lo:.0f}, {hi:.0f}] | {share} |"
+        )
+    return lines
+
+
+def _point_ci(estimate: tuple[float, float, float]) -> tuple[float, tuple[float, float]]:
+    point, lo, hi = estimate
+    return point, (lo, hi)
+
+
 def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, command: str) -> str:
     """The paper-shaped comparison (ours beside the paper's percentages) with command and compute."""
     keyed = {(r["domain"], r["method"]): r for r in rows}
@@ -479,9 +514,12 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
             r = keyed.get((domain, m))
             normalised = bool(r and r["normalised"])
             ours = plot_results._cell(r["iqm"], r["ci"], normalised) if r else "-"
+            if r and variant and not normalised:  # no fully observed run of this method
+                ours = f"return {ours}"
             cells.append(f"{ours} (paper {paper[m]} %)" if m in paper and normalised else ours)
         label = variant or "fully observed (return, 0-1000)"
         lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", *against_fb_lines(rows, args.reps)]
     lines += ["", *absolute_returns(rows, args.reps)]
     noise = noise_lines(done, args)
     if noise:

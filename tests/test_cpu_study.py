@@ -65,6 +65,8 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     assert "Runs: 6 (" in text
     returns = [line for line in text.splitlines() if line.startswith("| FB-M | walker_flickering |")]
     assert len(returns) == 1 and returns[0].count("[") == 4  # a cell per walker task
+    against_fb = [line for line in text.splitlines() if line.startswith("| walker_flickering | ")]
+    assert len(against_fb) == 3 and all(line.count("%") == 1 for line in against_fb)  # each % of FB's walker
     for name in ("report.md", "learning_curves.png", "iqm_bars.png"):
         assert (report / name).stat().st_size > 0
     seconds = json.loads((runs / "study.json").read_text())["run_seconds"]
