@@ -133,6 +133,9 @@ def test_a_seed_state_is_the_single_seed_agents_and_loads_back() -> None:
     again = SeedBatch(agents_of("fb_m", "gru"))
     for k in range(len(SEEDS)):
         again.load_state_dict(k, group.state_dict(k))
+    other = SeedBatch(agents_of("fb_m", "mlp"))
+    with pytest.raises(KeyError, match="state of other tensors"):
+        other.load_state_dict(0, group.state_dict(0))
     lone = agents_of("fb_m", "gru")[0]
     lone.load_state_dict(group.state_dict(0))
     batches = [synthetic_batch(99 + k) for k in range(len(SEEDS))]

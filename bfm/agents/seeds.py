@@ -170,7 +170,14 @@ class SeedBatch:
         """Writes a single-seed agent state (``AgentBase.state_dict``, a checkpoint's) into seed k.
 
         The shared entries of the optimizer states (Adam's step count) are the last loaded seed's:
-        the seeds of a run are always at one step."""
+        the seeds of a run are always at one step.
+
+        Raises:
+            KeyError: the state's modules name other tensors (strict, as ``AgentBase.load_state_dict``).
+        """
+        given = {f"parts.{module}.{key}" for module, tensors in state["modules"].items() for key in tensors}
+        if given != set(self._tensors()):
+            raise KeyError(f"state of other tensors: {sorted(given ^ set(self._tensors()))[:4]}")
         with torch.no_grad():
             for name, value in self._tensors().items():
                 module, key = name.removeprefix("parts.").split(".", 1)
