@@ -136,7 +136,7 @@ def test_iqm_is_the_25_percent_trimmed_mean() -> None:
 
 @pytest.fixture()
 def fake_agent_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    def save_agent(directory: Path, agent: Any) -> None:
+    def save_agent(directory: Path, agent: Any, state: Any = None) -> None:
         Path(directory).mkdir(parents=True)
         (Path(directory) / "agent.txt").write_text("fake")
 
