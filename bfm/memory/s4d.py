@@ -131,8 +131,13 @@ class S4DLayer(nn.Module):
     def state_after(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_{L-1} = sum_s Abar^{L-1-s} Bbar u_s, real and imaginary parts [B, H, N/2]."""
         w_re, w_im = self._weighted_powers(u.shape[1])  # [H, N/2, L]
-        w_re, w_im = w_re.flip(-1), w_im.flip(-1)  # index s holds power L-1-s
-        return torch.einsum("bsh,hns->bhn", u, w_re), torch.einsum("bsh,hns->bhn", u, w_im)
+        w = torch.cat([w_re, w_im], 1).flip(-1)  # [H, N, L], index s holds power L-1-s
+        # One matmul per channel, batched over the H channels with contiguous operands: CPU torch
+        # runs a strided batch (what einsum("bsh,hns->bhn") passes it) as H separate matmuls.
+        x = torch.bmm(u.permute(2, 0, 1).contiguous(), w.transpose(1, 2).contiguous())  # [H, B, N]
+        x = x.permute(1, 0, 2)  # [B, H, N]
+        modes = w_re.shape[1]
+        return x[..., :modes], x[..., modes:]
 
     def step_output(self, u: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor) -> torch.Tensor:
         """The pre-nonlinearity output y [B, H] of one step from state [B, H, N/2] on u [B, H].
