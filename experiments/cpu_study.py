@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report_only",
         action="store_true",
-        help="write the report from the runs finished so far, run nothing (e.g. while another driver runs)",
+        help="train nothing; write the report from the runs finished so far (e.g. while another driver "
+        "runs; with --final_eval, evaluate those runs first)",
     )
     p.add_argument(
         "--overrides", nargs="*", default=[], help="extra hydra overrides for every run (key=value)"
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Only this study's runs at this budget, read from the kept results alone.
     done = [job for job in jobs if finished(job, args, ledger)]
-    if args.final_eval and not args.report_only:
+    if args.final_eval:  # with --report_only too: scores the finished runs, trains nothing
         failed += [f"{job.key()} (final evaluation)" for job in done if not final_eval(job, args)]
     runs = [run for job in done for run in plot_results.find_runs([str(kept_dir(job, args))])]
     if runs:

@@ -97,9 +97,12 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     assert moved_text.split("Percent of")[1] == first.split("Percent of")[1]
 
     # --final_eval scores the last checkpoint again (the paper's protocol and other evaluation
-    # seeds), keeps the scores and reports the spread.
-    noise = run_driver(*common, "--methods", "fb", "--domains", "walker", "--final_eval", "--spread", "2")
+    # seeds) of the finished runs, with --report_only too (training nothing).
+    noise = run_driver(
+        *common, "--methods", "fb", "--domains", "walker", "--final_eval", "--spread", "2", "--report_only"
+    )
     assert noise.returncode == 0, noise.stdout[-3000:] + noise.stderr[-3000:]
+    assert "] start  " not in noise.stdout and "final evaluation of fb/walker/seed7 kept" in noise.stdout
     kept_eval = json.loads((kept / "fb" / "walker" / "seed7" / "final_eval.json").read_text())
     assert sorted(kept_eval) == ["paper_protocol", "seed1000", "seed1001"]
     assert kept_eval["paper_protocol"]["rollouts"] == 10 and kept_eval["paper_protocol"]["step"] == 4
