@@ -392,6 +392,9 @@ class Ledger:
 
 
 def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
+    if reached(kept_dir(job, args) / "results.json", args.updates):  # kept meanwhile by another driver
+        say(f"skip   {job.key()}: kept since this driver started")
+        return True
     run_dir = job.run_dir(Path(args.runs))
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))

@@ -140,3 +140,25 @@ def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_p
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "cpu_study.py: error: --updates must be >= 1, got 0"
     ]
+
+
+def test_a_run_kept_by_another_driver_meanwhile_is_not_run_again(tmp_path: Path, monkeypatch) -> None:
+    """Two drivers over overlapping runs: the one that reaches a run the other has finished (and
+    kept) since it started skips it instead of training it again."""
+    sys.path.insert(0, str(DRIVER.parent))
+    import cpu_study
+
+    args = cpu_study.build_parser().parse_args(
+        [f"--results={tmp_path / 'kept'}", f"--runs={tmp_path / 'runs'}"]
+    )
+    job = cpu_study.Job("fb", "walker", 1)
+    ledger = cpu_study.Ledger(tmp_path / "runs" / cpu_study.STATE_FILE)
+    started = []
+    failing = subprocess.CompletedProcess([], 1)  # a training run that fails: nothing is kept
+    monkeypatch.setattr(cpu_study.subprocess, "run", lambda *a, **k: started.append(a) or failing)
+    kept = cpu_study.kept_dir(job, args)
+    kept.mkdir(parents=True)
+    (kept / "results.json").write_text(json.dumps({"steps": args.updates - 1}))
+    assert not cpu_study.run_job(job, args, ledger) and len(started) == 1  # not reached: started
+    (kept / "results.json").write_text(json.dumps({"steps": args.updates}))
+    assert cpu_study.run_job(job, args, ledger) and len(started) == 1
