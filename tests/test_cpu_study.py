@@ -145,7 +145,7 @@ def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_p
 def test_a_run_kept_by_another_driver_meanwhile_is_not_run_again(tmp_path: Path, monkeypatch) -> None:
     """Two drivers over overlapping runs: the one that reaches a run the other has finished (and
     kept) since it started skips it instead of training it again."""
-    sys.path.insert(0, str(DRIVER.parent))
+    monkeypatch.syspath_prepend(str(DRIVER.parent))
     import cpu_study
 
     args = cpu_study.build_parser().parse_args(
