@@ -392,8 +392,8 @@ class Ledger:
 
 
 def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
-    if reached(kept_dir(job, args) / "results.json", args.updates):  # kept meanwhile by another driver
-        say(f"skip   {job.key()}: kept since this driver started")
+    if finished(job, args, ledger):  # by another driver since this one started
+        say(f"skip   {job.key()}: finished since this driver started")
         return True
     run_dir = job.run_dir(Path(args.runs))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -473,16 +473,12 @@ def against_fb_lines(rows: list[dict], reps: int) -> list[str]:
         share = "-"
         if reference:
             matrix, _ = plot_results.score_matrix(r["runs"], "final", reference)
-            share = plot_results._cell(*_point_ci(plot_results.stratified_bootstrap_ci(matrix, reps)), True)
+            p, p_lo, p_hi = plot_results.stratified_bootstrap_ci(matrix, reps)
+            share = plot_results._cell(p, (p_lo, p_hi), True)
         lines.append(
             f"| {r['domain']} | {r['method']} | {r['seeds']} | {point:.0f} [{lo:.0f}, {hi:.0f}] | {share} |"
         )
     return lines
-
-
-def _point_ci(estimate: tuple[float, float, float]) -> tuple[float, tuple[float, float]]:
-    point, lo, hi = estimate
-    return point, (lo, hi)
 
 
 def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, command: str) -> str:
@@ -523,7 +519,9 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
             cells.append(f"{ours} (paper {paper[m]} %)" if m in paper and normalised else ours)
         label = variant or "fully observed (return, 0-1000)"
         lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
-    lines += ["", *against_fb_lines(rows, args.reps)]
+    against_fb = against_fb_lines(rows, args.reps)
+    if against_fb:
+        lines += ["", *against_fb]
     lines += ["", *absolute_returns(rows, args.reps)]
     noise = noise_lines(done, args)
     if noise:
