@@ -131,7 +131,9 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
 
 
 def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_path: Path) -> None:
-    proc = run_driver(f"--data_dir={tmp_path}", "--dry_run", "--seeds", "1", "--domains", "walker")
+    # Its own results and runs folders: runs kept in the repository would print as "# done".
+    isolated = (f"--results={tmp_path / 'kept'}", f"--runs={tmp_path / 'runs'}")
+    proc = run_driver(f"--data_dir={tmp_path}", *isolated, "--dry_run", "--seeds", "1", "--domains", "walker")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "exorl_reformatter.py walker_rnd --collect --explorer cpu --collect_steps 300000" in lines[0]
