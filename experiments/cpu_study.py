@@ -372,18 +372,23 @@ def ordered_jobs(args: argparse.Namespace) -> list[Job]:
 
 
 class Ledger:
-    """Per-run wall seconds, kept in ``<runs>/study.json`` across invocations (thread-safe)."""
+    """Per-run wall seconds, kept in ``<runs>/study.json`` across invocations (thread-safe; re-read
+    before each write, so that two drivers running side by side keep each other's entries)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self.seconds: dict[str, float] = self._read()
+
+    def _read(self) -> dict[str, float]:
         try:
-            self.seconds: dict[str, float] = json.loads(path.read_text())["run_seconds"]
+            return json.loads(self.path.read_text())["run_seconds"]
         except (OSError, ValueError, KeyError):
-            self.seconds = {}
+            return {}
 
     def add(self, key: str, seconds: float) -> None:
         with self.lock:
+            self.seconds = {**self.seconds, **self._read()}
             self.seconds[key] = self.seconds.get(key, 0.0) + seconds
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")

@@ -164,3 +164,17 @@ def test_a_run_kept_by_another_driver_meanwhile_is_not_run_again(tmp_path: Path,
     assert not cpu_study.run_job(job, args, ledger) and len(started) == 1  # not reached: started
     (kept / "results.json").write_text(json.dumps({"steps": args.updates}))
     assert cpu_study.run_job(job, args, ledger) and len(started) == 1
+
+
+def test_two_ledgers_side_by_side_keep_each_others_run_seconds(tmp_path: Path, monkeypatch) -> None:
+    """Two drivers write the same study.json: neither drops the runs the other recorded."""
+    monkeypatch.syspath_prepend(str(DRIVER.parent))
+    import cpu_study
+
+    path = tmp_path / cpu_study.STATE_FILE
+    first, second = cpu_study.Ledger(path), cpu_study.Ledger(path)
+    first.add("fb/walker/seed1", 10.0)
+    second.add("fb/cheetah/seed1", 20.0)
+    first.add("fb/walker/seed1", 5.0)
+    assert json.loads(path.read_text())["run_seconds"] == {"fb/walker/seed1": 15.0, "fb/cheetah/seed1": 20.0}
+    assert cpu_study.Ledger(path).seconds == first.seconds
