@@ -18,7 +18,10 @@ Steps, each skipped when already done:
 3. the report, written from the ``--results`` folder alone: ``plot_results.py``'s tables and
    figures (IQM over runs x tasks with 95 % stratified-bootstrap CIs; scores under partial
    observability in percent of the same method's fully observed score, as in the paper) plus
-   ``summary.md`` with the paper's numbers beside ours and the compute, into ``--report_dir``.
+   ``summary.md`` with the paper's numbers beside ours, the compute and the datasets the runs
+   trained on (identity and coverage, from the manifest each results.json records), into
+   ``--report_dir``. A second collection (``--collection_seed``, with its own ``--data_dir``,
+   ``--runs`` and ``--results``) repeats the study on other data.
 
 Each run's output goes to ``<run_dir>/driver.log``. The exit code is 0 when every run finished,
 1 when some failed (listed at the end; rerun the same command to retry them), 2 on bad arguments.
@@ -27,6 +30,7 @@ Each run's output goes to ``<run_dir>/driver.log``. The exit code is 0 when ever
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -139,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=int, default=300, help="episodes collected and trained on (default 300)"
     )
     p.add_argument(
+        "--collection_seed",
+        type=int,
+        default=0,
+        help="seed of a missing dataset's collection (default 0); another seed with another --data_dir, "
+        "--runs and --results repeats the study on a second collection",
+    )
+    p.add_argument(
         "--runs", default="runs/cpu_study", help="root of the run directories (default runs/cpu_study)"
     )
     p.add_argument(
@@ -196,6 +207,8 @@ def dataset_command(args: argparse.Namespace, base_domain: str) -> list[str]:
         str(1000 * args.episodes),
         "--data_dir",
         args.data_dir,
+        "--seed",
+        str(args.collection_seed),
     ]
 
 
@@ -335,6 +348,40 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
         "",
         "| method | domain | runs | final score per seed | range over evaluation seeds, per run | "
         "range between training seeds | paper protocol per seed |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def dataset_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
+    """The datasets the kept runs trained on, from the manifest each results.json records: identity
+    (a digest of the per-array sha256s), collection seed, date, coverage, and the runs on each."""
+    found: dict[str, dict] = {}
+    for job in done:
+        provenance = json.loads((kept_dir(job, args) / "results.json").read_text()).get("dataset_provenance")
+        for manifest in (provenance or {}).get("manifest", {}).get("datasets", []):
+            digest = hashlib.sha256(
+                "".join(manifest["arrays"][name]["sha256"] for name in sorted(manifest["arrays"])).encode()
+            ).hexdigest()[:12]
+            entry = found.setdefault(digest, {"manifest": manifest, "runs": 0})
+            entry["runs"] += 1
+    if not found:
+        return []
+    rows = []
+    for digest, entry in sorted(found.items(), key=lambda kv: (kv[1]["manifest"]["domain"], kv[0])):
+        m = entry["manifest"]
+        collection = m.get("source", {}).get("collection") or {}
+        above = m.get("coverage", {}).get("reward_above", {})
+        coverage = ", ".join(f"{task} {100 * v['0.5']:.1f} %" for task, v in above.items() if "0.5" in v)
+        rows.append(
+            f"| {m['domain']} | `{digest}` | {m['episodes']} | {collection.get('seed', '?')} | "
+            f"{m.get('created', '?')[:10]} | {coverage or '?'} | {entry['runs']} |"
+        )
+    return [
+        "Datasets the runs trained on (identity: the first 12 hex digits of the sha256 of the manifest's "
+        "per-array sha256s; coverage: share of states with reward above 0.5 per task):",
+        "",
+        "| domain | identity | episodes | collection seed | made | coverage | runs |",
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
@@ -528,9 +575,9 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
     if against_fb:
         lines += ["", *against_fb]
     lines += ["", *absolute_returns(rows, args.reps)]
-    noise = noise_lines(done, args)
-    if noise:
-        lines += ["", *noise]
+    for extra in (noise_lines(done, args), dataset_lines(done, args)):
+        if extra:
+            lines += ["", *extra]
     lines += [
         "",
         "Per-task tables in percent: `report.md`; figures: `learning_curves.png`, `iqm_bars.png`.",
@@ -567,9 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             sys.stderr.write(f"cpu_study.py: error: --{name} must be >= 1, got {getattr(args, name)}\n")
             return 2
-    if args.spread < 0:
-        sys.stderr.write(f"cpu_study.py: error: --spread must be >= 0, got {args.spread}\n")
-        return 2
+    for name in ("spread", "collection_seed"):
+        if getattr(args, name) < 0:
+            sys.stderr.write(f"cpu_study.py: error: --{name} must be >= 0, got {getattr(args, name)}\n")
+            return 2
     command = "python experiments/cpu_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     jobs = ordered_jobs(args)
     if args.dry_run:

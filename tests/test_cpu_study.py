@@ -67,6 +67,9 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     assert len(returns) == 1 and returns[0].count("[") == 4  # a cell per walker task
     against_fb = [line for line in text.splitlines() if line.startswith("| walker_flickering | ")]
     assert len(against_fb) == 3 and all(line.count("%") == 1 for line in against_fb)  # each % of FB's walker
+    # The one dataset every run trained on, identified by its manifest, with its coverage.
+    datasets = [line for line in text.splitlines() if line.startswith("| walker | `")]
+    assert len(datasets) == 1 and datasets[0].endswith(" | 6 |") and "stand " in datasets[0], text
     for name in ("report.md", "learning_curves.png", "iqm_bars.png"):
         assert (report / name).stat().st_size > 0
     seconds = json.loads((runs / "study.json").read_text())["run_seconds"]
@@ -137,11 +140,23 @@ def test_study_driver_dry_run_names_the_collection_and_rejects_bad_budgets(tmp_p
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "exorl_reformatter.py walker_rnd --collect --explorer cpu --collect_steps 300000" in lines[0]
+    assert lines[0].endswith(" --seed 0")
     assert len(lines) == 1 + 3 and all("main_exorl.py" in line for line in lines[1:])
-    bad = run_driver("--updates=0", "--dry_run")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "cpu_study.py: error: --updates must be >= 1, got 0"
-    ]
+    second = run_driver(
+        f"--data_dir={tmp_path}",
+        *isolated,
+        "--dry_run",
+        "--seeds",
+        "1",
+        "--domains",
+        "walker",
+        "--collection_seed=2",
+    )
+    assert second.returncode == 0 and second.stdout.splitlines()[0].endswith(" --seed 2")
+    for flag, message in (("--updates=0", "--updates must be >= 1, got 0"),
+                          ("--collection_seed=-1", "--collection_seed must be >= 0, got -1")):  # fmt: skip
+        bad = run_driver(flag, "--dry_run")
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f"cpu_study.py: error: {message}"]
 
 
 def test_a_run_kept_by_another_driver_meanwhile_is_not_run_again(tmp_path: Path, monkeypatch) -> None:
