@@ -23,7 +23,9 @@ Steps, each skipped when already done:
    ``--report_dir``. A second collection (``--collection_seed``, with its own ``--data_dir``,
    ``--runs`` and ``--results``) repeats the study on other data.
 
-Each run's output goes to ``<run_dir>/driver.log``. The exit code is 0 when every run finished,
+Each run's output goes to ``<run_dir>/driver.log``. Several drivers may share the runs: a run another
+live driver is training (``<run_dir>/driver.lock`` holds its process id) is skipped, so a second
+driver over the same study takes the next run instead. The exit code is 0 when every run finished,
 1 when some failed (listed at the end; rerun the same command to retry them), 2 on bad arguments.
 """
 
@@ -443,12 +445,49 @@ class Ledger:
             os.replace(tmp, self.path)
 
 
+LOCK_FILE = "driver.lock"  # in a run directory while a driver trains it: the driver's process id
+
+
+def claim(run_dir: Path) -> int | None:
+    """Takes the run directory's lock for this process; returns None, or the process id of the
+    live driver that holds it (a lock left by a driver that died is taken over)."""
+    lock, mine = run_dir / LOCK_FILE, run_dir / f".{LOCK_FILE}.{os.getpid()}"
+    mine.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)  # atomic: the lock appears with its process id in it
+                return None
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text())
+                    os.kill(pid, 0)  # raises ProcessLookupError when no such process
+                    return pid
+                except PermissionError:  # alive, another user's
+                    return pid
+                except (OSError, ValueError):  # stale, or removed meanwhile
+                    lock.unlink(missing_ok=True)
+    finally:
+        mine.unlink()
+
+
 def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
     if finished(job, args, ledger):  # by another driver since this one started
         say(f"skip   {job.key()}: finished since this driver started")
         return True
     run_dir = job.run_dir(Path(args.runs))
     run_dir.mkdir(parents=True, exist_ok=True)
+    holder = claim(run_dir)
+    if holder is not None:
+        say(f"skip   {job.key()}: another driver (process {holder}) is training it")
+        return True
+    try:
+        return _train(job, args, ledger, run_dir)
+    finally:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _train(job: Job, args: argparse.Namespace, ledger: Ledger, run_dir: Path) -> bool:
     env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "disable"))
     start = time.perf_counter()
     say(f"start  {job.key()}")

@@ -177,6 +177,7 @@ def test_a_run_kept_by_another_driver_meanwhile_is_not_run_again(tmp_path: Path,
     kept.mkdir(parents=True)
     (kept / "results.json").write_text(json.dumps({"steps": args.updates - 1}))
     assert not cpu_study.run_job(job, args, ledger) and len(started) == 1  # not reached: started
+    assert not (job.run_dir(Path(args.runs)) / cpu_study.LOCK_FILE).exists()  # released after the run
     (kept / "results.json").write_text(json.dumps({"steps": args.updates}))
     assert cpu_study.run_job(job, args, ledger) and len(started) == 1
 
@@ -193,3 +194,33 @@ def test_two_ledgers_side_by_side_keep_each_others_run_seconds(tmp_path: Path, m
     first.add("fb/walker/seed1", 5.0)
     assert json.loads(path.read_text())["run_seconds"] == {"fb/walker/seed1": 15.0, "fb/cheetah/seed1": 20.0}
     assert cpu_study.Ledger(path).seconds == first.seconds
+
+
+def test_two_drivers_never_train_the_same_run_at_once(tmp_path: Path, monkeypatch) -> None:
+    """A run another live driver is training is skipped; a lock left by a dead driver is taken over."""
+    monkeypatch.syspath_prepend(str(DRIVER.parent))
+    import cpu_study
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / cpu_study.LOCK_FILE).write_text(str(other.pid))
+        assert cpu_study.claim(run_dir) == other.pid
+        args = cpu_study.build_parser().parse_args([f"--results={tmp_path / 'kept'}", f"--runs={tmp_path}"])
+        job = cpu_study.Job("fb", "walker", 1)
+        job_dir = job.run_dir(tmp_path)
+        job_dir.mkdir(parents=True)
+        (job_dir / cpu_study.LOCK_FILE).write_text(str(other.pid))
+        started = []
+        monkeypatch.setattr(cpu_study.subprocess, "run", lambda *a, **k: started.append(a))
+        ledger = cpu_study.Ledger(tmp_path / cpu_study.STATE_FILE)
+        assert cpu_study.run_job(job, args, ledger) and not started  # skipped, not failed
+    finally:
+        other.kill()
+        other.wait()
+    assert cpu_study.claim(run_dir) is None  # the holder died: its lock is taken over
+    assert (run_dir / cpu_study.LOCK_FILE).read_text() == str(os.getpid())
+    assert cpu_study.claim(run_dir) == os.getpid() and sorted(p.name for p in run_dir.iterdir()) == [
+        cpu_study.LOCK_FILE
+    ]
