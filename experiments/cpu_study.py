@@ -472,9 +472,6 @@ def claim(run_dir: Path) -> int | None:
 
 
 def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
-    if finished(job, args, ledger):  # by another driver since this one started
-        say(f"skip   {job.key()}: finished since this driver started")
-        return True
     run_dir = job.run_dir(Path(args.runs))
     run_dir.mkdir(parents=True, exist_ok=True)
     holder = claim(run_dir)
@@ -482,6 +479,9 @@ def run_job(job: Job, args: argparse.Namespace, ledger: Ledger) -> bool:
         say(f"skip   {job.key()}: another driver (process {holder}) is training it")
         return True
     try:
+        if finished(job, args, ledger):  # by another driver since this one started
+            say(f"skip   {job.key()}: finished since this driver started")
+            return True
         return _train(job, args, ledger, run_dir)
     finally:
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
