@@ -335,10 +335,11 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
                 paper.append(_mean_iqm(e["paper_protocol"]["iqm"]))
                 results = json.loads((kept_dir(j, args) / "results.json").read_text())
                 logged.append(_mean_iqm(results["final"]["iqm"]))
+            between = f"{max(logged) - min(logged):.0f}" if len(logged) > 1 else "-"
             rows.append(
                 f"| {_paper_name(method)} | {domain} | {len(evals)} | "
                 f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(f'{v:.0f}' for v in spreads)} | "
-                f"{max(logged) - min(logged):.0f} | {' / '.join(f'{v:.0f}' for v in paper)} |"
+                f"{between} | {' / '.join(f'{v:.0f}' for v in paper)} |"
             )
     if not rows:
         return []
@@ -522,22 +523,24 @@ def method_order(name: str) -> tuple[int, str]:
 
 
 def absolute_returns(rows: list[dict], reps: int) -> list[str]:
-    """Per task, each method and domain's final return: IQM over seeds [95 % CI], and the seeds' values."""
-    tasks = list(rows[0]["runs"][0].scores("final"))
+    """Per task, each method and domain's final return: IQM over seeds [95 % CI], and the seeds'
+    values; one table per task set (walker's tasks are not cheetah's)."""
     lines = [
-        "Final returns per task (IQM over seeds [95 % stratified-bootstrap CI]; each seed's value after it):",
-        "",
-        "| method | domain | " + " | ".join(tasks) + " |",
-        "|---|---|" + "---|" * len(tasks),
+        "Final returns per task (IQM over seeds [95 % stratified-bootstrap CI]; each seed's value after it):"
     ]
+    by_tasks: dict[tuple[str, ...], list[dict]] = {}
     for r in sorted(rows, key=lambda r: (DOMAINS.index(r["domain"]), method_order(r["method"]))):
-        matrix, _ = plot_results.score_matrix(r["runs"], "final", None)  # [seeds, tasks], returns
-        cells = []
-        for j in range(len(tasks)):
-            point, lo, hi = plot_results.stratified_bootstrap_ci(matrix[:, [j]], reps)
-            seeds = "/".join(f"{v:.0f}" for v in matrix[:, j])
-            cells.append(f"{point:.0f} [{lo:.0f}, {hi:.0f}] ({seeds})")
-        lines.append(f"| {r['method']} | {r['domain']} | " + " | ".join(cells) + " |")
+        by_tasks.setdefault(tuple(r["runs"][0].scores("final")), []).append(r)
+    for tasks, group in by_tasks.items():
+        lines += ["", "| method | domain | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        for r in group:
+            matrix, _ = plot_results.score_matrix(r["runs"], "final", None)  # [seeds, tasks], returns
+            cells = []
+            for j in range(len(tasks)):
+                point, lo, hi = plot_results.stratified_bootstrap_ci(matrix[:, [j]], reps)
+                seeds = "/".join(f"{v:.0f}" for v in matrix[:, j])
+                cells.append(f"{point:.0f} [{lo:.0f}, {hi:.0f}] ({seeds})")
+            lines.append(f"| {r['method']} | {r['domain']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -688,9 +691,13 @@ def main(argv: list[str] | None = None) -> int:
         plot_results.plot_curves(rows, out / "learning_curves.png")
         plot_results.plot_bars(rows, out / "iqm_bars.png")
         text = summary(rows, args, done, time.perf_counter() - start, command)
-        missing = [job.key() for job in jobs if job not in done]
+        missing: dict[str, list[str]] = {}
+        for job in jobs:
+            if job not in done:
+                missing.setdefault(f"{job.method}/{job.domain}", []).append(str(job.seed))
         if missing:
-            text += f"\nNot finished yet (left out above): {', '.join(missing)}.\n"
+            cells = "; ".join(f"{cell} (seed {', '.join(seeds)})" for cell, seeds in missing.items())
+            text += f"\nNot finished yet (left out above): {cells}.\n"
         (out / "summary.md").write_text(text)
         print(text)
         say(f"report written to {out}")

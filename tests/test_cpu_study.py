@@ -83,9 +83,9 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
     text = (tmp_path / "partial" / "summary.md").read_text()
     assert "Runs: 6 (" in text
     returns = [line for line in text.splitlines() if line.startswith("| FB-M | walker_flickering |")]
-    assert (
-        len(returns) == 1 and returns[0].count("[") == 4
-    )  # a cell per walker task and "Not finished yet (left out above): fb_m/walker/seed8," in text
+    assert len(returns) == 1 and returns[0].count("[") == 4  # a cell per walker task
+    not_finished = text.split("Not finished yet (left out above): ")[1]
+    assert not_finished.count("(seed 8)") == 6 and "fb_m/walker_flickering (seed 8)" in not_finished
     assert not (runs / "fb" / "walker" / "seed8").exists()
 
     # A rerun skips every finished run, and so does one on another machine that has only the kept
@@ -224,3 +224,24 @@ def test_two_drivers_never_train_the_same_run_at_once(tmp_path: Path, monkeypatc
     assert cpu_study.claim(run_dir) == os.getpid() and sorted(p.name for p in run_dir.iterdir()) == [
         cpu_study.LOCK_FILE
     ]
+
+
+def test_per_task_returns_get_a_table_per_task_set(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(DRIVER.parent))
+    import cpu_study
+
+    from bfm.cli.report import Run, aggregate
+
+    def run(domain: str, seed: int, tasks: tuple[str, ...]) -> Run:
+        iqm = {task: {"1.0": 100.0 * seed + i} for i, task in enumerate(tasks)}
+        results = {"algorithm": "fb", "memory": "none", "domain": domain, "dataset": "rnd"}
+        return Run(Path(domain), {**results, "final": {"iqm": iqm}, "best": {"iqm": iqm}})
+
+    walker, cheetah = ("stand", "walk", "run", "flip"), ("run", "run_backward", "walk", "walk_backward")
+    runs = [run(d, s, t) for d, t in (("walker", walker), ("cheetah", cheetah)) for s in (1, 2)]
+    lines = cpu_study.absolute_returns(aggregate(runs, "final", 50), 50)
+    headers = [line for line in lines if line.startswith("| method | domain |")]
+    assert headers == ["| method | domain | " + " | ".join(t) + " |" for t in (walker, cheetah)]
+    rows = [line for line in lines if line.startswith("| FB |")]
+    assert [r.split(" | ")[1] for r in rows] == ["walker", "cheetah"]
+    assert "(100/200)" in rows[0] and "(103/203)" in rows[1]
