@@ -575,9 +575,53 @@ def against_fb_lines(rows: list[dict], reps: int) -> list[str]:
     return lines
 
 
+def headline_rows(rows: list[dict], methods: list[str]) -> list[str]:
+    """The paper-shaped table: per domain and POMDP, each method's percent of its own fully observed
+    score (a return where the fully observed run is missing) beside the paper's."""
+    keyed = {(r["domain"], r["method"]): r for r in rows}
+    lines = ["| domain | POMDP | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for domain in [d for d in DOMAINS if any(r["domain"] == d for r in rows)]:
+        base, _, variant = domain.partition("_")
+        paper = PAPER_PERCENT.get((base, variant), {})
+        cells = []
+        for m in methods:
+            r = keyed.get((domain, m))
+            normalised = bool(r and r["normalised"])
+            ours = plot_results._cell(r["iqm"], r["ci"], normalised) if r else "-"
+            if r and variant and not normalised:  # no fully observed run of this method
+                ours = f"return {ours}"
+            cells.append(f"{ours} (paper {paper[m]} %)" if m in paper and normalised else ours)
+        label = variant or "fully observed (return, 0-1000)"
+        lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paper_protocol_lines(done: list[Job], args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """The headline table again from the paper-protocol re-evaluations (``--final_eval``): only the
+    (method, domain) cells whose every run has one."""
+    runs = []
+    for method, domain in sorted({(j.method, j.domain) for j in done}):
+        jobs = [j for j in done if (j.method, j.domain) == (method, domain)]
+        files = [kept_dir(j, args) / FINAL_EVAL for j in jobs]
+        if not all(f.exists() for f in files):
+            continue
+        for job, f in zip(jobs, files, strict=True):
+            for run in plot_results.find_runs([str(kept_dir(job, args) / "results.json")]):
+                iqm = json.loads(f.read_text())["paper_protocol"]["iqm"]
+                runs.append(plot_results.Run(run.path, {**run.results, "final": {"iqm": iqm}}, run.curve))
+    if not runs:
+        return []
+    rows = plot_results.aggregate(runs, "final", args.reps)
+    return [
+        "The same from the final step re-evaluated with the paper's protocol (10,000 labelled windows,",
+        "10 episodes per task; `--final_eval`), for the cells whose every run has that evaluation:",
+        "",
+        *headline_rows(rows, [m for m in methods if any(r["method"] == m for r in rows)]),
+    ]
+
+
 def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s: float, command: str) -> str:
     """The paper-shaped comparison (ours beside the paper's percentages) with command and compute."""
-    keyed = {(r["domain"], r["method"]): r for r in rows}
     methods = sorted({r["method"] for r in rows}, key=method_order)
     drivers = [json.loads((kept_dir(j, args) / "driver.json").read_text()) for j in done]
     machines = sorted({d.get("cpu", "?") for d in drivers})
@@ -597,22 +641,11 @@ def summary(rows: list[dict], args: argparse.Namespace, done: list[Job], wall_s:
         "Percent of the same method's fully observed score (IQM over runs x tasks, 95 % stratified-bootstrap",
         'CI); "paper" is the paper\'s figure (Jeen et al., 2025).',
         "",
-        "| domain | POMDP | " + " | ".join(methods) + " |",
-        "|---|---|" + "---|" * len(methods),
     ]
-    for domain in [d for d in DOMAINS if any(r["domain"] == d for r in rows)]:
-        base, _, variant = domain.partition("_")
-        paper = PAPER_PERCENT.get((base, variant), {})
-        cells = []
-        for m in methods:
-            r = keyed.get((domain, m))
-            normalised = bool(r and r["normalised"])
-            ours = plot_results._cell(r["iqm"], r["ci"], normalised) if r else "-"
-            if r and variant and not normalised:  # no fully observed run of this method
-                ours = f"return {ours}"
-            cells.append(f"{ours} (paper {paper[m]} %)" if m in paper and normalised else ours)
-        label = variant or "fully observed (return, 0-1000)"
-        lines.append(f"| {base} | {label} | " + " | ".join(cells) + " |")
+    lines += headline_rows(rows, methods)
+    protocol = paper_protocol_lines(done, args, methods)
+    if protocol:
+        lines += ["", *protocol]
     against_fb = against_fb_lines(rows, args.reps)
     if against_fb:
         lines += ["", *against_fb]

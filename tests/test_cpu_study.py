@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import scipy.stats
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "experiments" / "cpu_study.py"
 
@@ -116,6 +118,12 @@ def test_study_driver_runs_skips_and_reports(tmp_path: Path) -> None:
         if line.startswith("| FB | walker | 1 |")
     ]
     assert len(noise_rows) == 1, (report / "summary.md").read_text()
+    # The headline again from the paper-protocol scores, for the cells every run of which has them.
+    text = (report / "summary.md").read_text()
+    protocol = text.split("re-evaluated with the paper's protocol")[1].split("\n\n")[1].splitlines()
+    assert len(protocol) == 3 and protocol[2].startswith("| walker | fully observed (return, 0-1000) | ")
+    scores = [v["1.0"] for v in kept_eval["paper_protocol"]["iqm"].values()]  # one run x 4 tasks
+    assert protocol[2].split(" | ")[2].startswith(f"{scipy.stats.trim_mean(scores, 0.25):.1f} [")
 
     # A larger budget continues the runs from their checkpoints.
     longer = run_driver(
