@@ -117,3 +117,15 @@ def test_results_json_files_can_be_named_directly(tmp_path: Path) -> None:
     one = tmp_path / "fb_m" / "walker" / "rnd" / "gru" / "seed1" / "results.json"
     assert [run.path.name for run in plot_results.find_runs([str(one)])] == ["seed1"]
     assert len(plot_results.find_runs([str(tmp_path)])) == 2
+
+
+def test_a_bootstrap_interval_depends_on_its_seed_alone() -> None:
+    """rliable resamples from numpy's global generator: the interval must not depend on the calls
+    made before it, and the caller's global state is left as it was."""
+    scores = np.random.default_rng(0).random((3, 4)) * 100  # [runs, tasks]
+    first = plot_results.stratified_bootstrap_ci(scores, 200)
+    np.random.seed(5)
+    before = np.random.get_state()[1].copy()
+    assert plot_results.stratified_bootstrap_ci(scores, 200) == first
+    assert (np.random.get_state()[1] == before).all()
+    assert plot_results.stratified_bootstrap_ci(scores, 200, seed=1) != first

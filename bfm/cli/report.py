@@ -154,15 +154,22 @@ def stratified_bootstrap_ci(
 
     aggregate = aggregate or aggregate_iqm
     # rliable prints a progress line per call, and arch deprecates the RandomState rliable hands it.
+    # rliable's StratifiedBootstrap draws its resamples from numpy's global generator, not from
+    # random_state: seeded here (and restored after), so an interval does not depend on the calls before.
+    state = np.random.get_state()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            {"scores": scores},
-            lambda x: np.array([aggregate(x)]),
-            reps=reps,
-            confidence_interval_size=size,
-            random_state=np.random.RandomState(seed),
-        )
+        np.random.seed(seed)
+        try:
+            points, intervals = library.get_interval_estimates(
+                {"scores": scores},
+                lambda x: np.array([aggregate(x)]),
+                reps=reps,
+                confidence_interval_size=size,
+                random_state=np.random.RandomState(seed),
+            )
+        finally:
+            np.random.set_state(state)
     return float(points["scores"][0]), float(intervals["scores"][0, 0]), float(intervals["scores"][1, 0])
 
 
