@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -318,6 +319,11 @@ def final_eval(job: Job, args: argparse.Namespace) -> bool:
     return True
 
 
+def _whole(value: float) -> str:
+    """A score rounded to a whole number, "-" for a missing one (NaN)."""
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
 def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
     """The evaluation-noise table from the kept final_eval.json files (empty when there are none)."""
     rows = []
@@ -338,16 +344,16 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
             between = f"{max(logged) - min(logged):.0f}" if len(logged) > 1 else "-"
             rows.append(
                 f"| {_paper_name(method)} | {domain} | {len(evals)} | "
-                f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(f'{v:.0f}' for v in spreads)} | "
+                f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(_whole(v) for v in spreads)} | "
                 f"{between} | {' / '.join(f'{v:.0f}' for v in paper)} |"
             )
     if not rows:
         return []
     return [
         "Evaluation noise of the final step (mean over tasks of the per-task IQM; `--final_eval`): the "
-        "training run's own evaluation per seed; the range of the same weights' score over "
-        f"{args.spread} other evaluation seeds (new labelled windows and episodes); the range between "
-        "training seeds; the same weights under the paper's protocol (10,000 windows, 10 episodes).",
+        "training run's own evaluation per seed; the range of the same weights' score over other "
+        "evaluation seeds (`--spread`, 5 by default; new labelled windows and episodes; - for a run "
+        "evaluated without them); the range between training seeds; the same weights under the paper's protocol (10,000 windows, 10 episodes).",
         "",
         "| method | domain | runs | final score per seed | range over evaluation seeds, per run | "
         "range between training seeds | paper protocol per seed |",

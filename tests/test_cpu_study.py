@@ -253,3 +253,21 @@ def test_per_task_returns_get_a_table_per_task_set(monkeypatch) -> None:
     rows = [line for line in lines if line.startswith("| FB |")]
     assert [r.split(" | ")[1] for r in rows] == ["walker", "cheetah"]
     assert "(100/200)" in rows[0] and "(103/203)" in rows[1]
+
+
+def test_the_noise_table_marks_a_run_evaluated_without_other_seeds(tmp_path: Path, monkeypatch) -> None:
+    """`--spread 0` keeps only the paper-protocol score: that run's range is "-", not "nan"."""
+    monkeypatch.syspath_prepend(str(DRIVER.parent))
+    import cpu_study
+
+    args = cpu_study.build_parser().parse_args([f"--results={tmp_path}", "--spread=0"])
+    jobs = [cpu_study.Job("fb", "walker", seed) for seed in (1, 2)]
+    for job, others in zip(jobs, ({}, {"seed1000": 30.0, "seed1001": 50.0}), strict=True):
+        kept = cpu_study.kept_dir(job, args)
+        kept.mkdir(parents=True)
+        iqm = lambda value: {"stand": {"1.0": value}, "walk": {"1.0": value}}  # noqa: E731
+        (kept / "results.json").write_text(json.dumps({"final": {"iqm": iqm(40.0)}}))
+        scores = {"paper_protocol": {"iqm": iqm(45.0)}, **{k: {"iqm": iqm(v)} for k, v in others.items()}}
+        (kept / cpu_study.FINAL_EVAL).write_text(json.dumps(scores))
+    rows = [line for line in cpu_study.noise_lines(jobs, args) if line.startswith("| FB |")]
+    assert rows == ["| FB | walker | 2 | 40 / 40 | - / 20 | 0 | 45 / 45 |"]
