@@ -353,7 +353,8 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
         "Evaluation noise of the final step (mean over tasks of the per-task IQM; `--final_eval`): the "
         "training run's own evaluation per seed; the range of the same weights' score over other "
         "evaluation seeds (`--spread`, 5 by default; new labelled windows and episodes; - for a run "
-        "evaluated without them); the range between training seeds; the same weights under the paper's protocol (10,000 windows, 10 episodes).",
+        "evaluated without them); the range between training seeds; the same weights under the "
+        "paper's protocol (10,000 windows, 10 episodes).",
         "",
         "| method | domain | runs | final score per seed | range over evaluation seeds, per run | "
         "range between training seeds | paper protocol per seed |",
