@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import shlex
@@ -319,11 +318,6 @@ def final_eval(job: Job, args: argparse.Namespace) -> bool:
     return True
 
 
-def _whole(value: float) -> str:
-    """A score rounded to a whole number, "-" for a missing one (NaN)."""
-    return "-" if math.isnan(value) else f"{value:.0f}"
-
-
 def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
     """The evaluation-noise table from the kept final_eval.json files (empty when there are none)."""
     rows = []
@@ -337,14 +331,14 @@ def noise_lines(done: list[Job], args: argparse.Namespace) -> list[str]:
             spreads, paper, logged = [], [], []
             for j, e in evals:
                 seeds = [_mean_iqm(v["iqm"]) for k, v in e.items() if k.startswith("seed")]
-                spreads.append(max(seeds) - min(seeds) if seeds else float("nan"))
+                spreads.append(f"{max(seeds) - min(seeds):.0f}" if seeds else "-")  # - : `--spread 0`
                 paper.append(_mean_iqm(e["paper_protocol"]["iqm"]))
                 results = json.loads((kept_dir(j, args) / "results.json").read_text())
                 logged.append(_mean_iqm(results["final"]["iqm"]))
             between = f"{max(logged) - min(logged):.0f}" if len(logged) > 1 else "-"
             rows.append(
                 f"| {_paper_name(method)} | {domain} | {len(evals)} | "
-                f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(_whole(v) for v in spreads)} | "
+                f"{' / '.join(f'{v:.0f}' for v in logged)} | {' / '.join(spreads)} | "
                 f"{between} | {' / '.join(f'{v:.0f}' for v in paper)} |"
             )
     if not rows:
